@@ -1,0 +1,1 @@
+"""genexflow.components (installed from the top-level components/ folder)."""

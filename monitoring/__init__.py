@@ -1,0 +1,1 @@
+"""genexflow.monitoring (installed from the top-level monitoring/ folder)."""

@@ -1,0 +1,1 @@
+"""genexflow.pipelines (installed from the top-level pipelines/ folder)."""

@@ -1,0 +1,1 @@
+"""genexflow.serving (installed from the top-level serving/ folder)."""

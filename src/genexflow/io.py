@@ -1,0 +1,414 @@
+"""Reading and writing expression matrices, sample sheets, cohorts and Salmon quantifications.
+
+Matrices are CSV, TSV or Parquet in either orientation. The ``orientation`` argument says which:
+``"samples"`` (samples as rows, the ``shared/data`` layout), ``"genes"`` (genes as rows, as most
+count tables are) or ``"auto"``, which decides only when the answer is unambiguous and otherwise
+asks the user to say.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from genexflow.cohort import Cohort, ValueType
+from genexflow.errors import InputError
+
+Orientation = Literal["auto", "samples", "genes"]
+
+SAMPLE_ID_COLUMNS = ("sample_id", "sample", "samples", "sampleid", "id")
+GENE_ID_COLUMNS = ("gene_id", "gene", "genes", "geneid", "symbol", "ensembl_gene_id", "probe", "probe_id")
+_GENE_LIKE = re.compile(
+    r"^(ENS[A-Z]*G\d{6,}(\.\d+)?|\d+_(s_|x_|i_|f_|g_|r_)?at|AFFX-.*|[A-Z][A-Z0-9-]{1,14}(orf\d+)?|\d{1,9})$"
+)
+_PARQUET_CHUNK = 2048  # columns per read; bounds peak memory for wide Parquet files
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+
+
+def _sep_for(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    return "\t" if name.endswith((".tsv", ".txt", ".tab")) else ","
+
+
+def _looks_like_genes(labels: Sequence[str]) -> float:
+    labels = [str(x) for x in labels[:200]]
+    return float(np.mean([bool(_GENE_LIKE.match(x)) for x in labels])) if labels else 0.0
+
+
+# --------------------------------------------------------------------------- matrices
+def read_matrix(
+    path: str | Path,
+    orientation: Orientation = "auto",
+    sample_ids: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read an expression matrix into a samples x genes DataFrame.
+
+    Parameters
+    ----------
+    path : path to ``.parquet``, ``.csv``, ``.tsv`` (optionally ``.gz``)
+        First column holds the row labels (``sample_id`` or ``gene_id``).
+    orientation : {"auto", "samples", "genes"}
+        ``"samples"``: rows are samples. ``"genes"``: rows are genes (transposed on read).
+        ``"auto"`` uses the first column's name (``sample_id`` / ``gene_id``), then the sample
+        sheet's IDs (``sample_ids``), and raises when still ambiguous.
+    sample_ids : optional sequence of str
+        Known sample IDs (from the sample sheet), used by ``"auto"``.
+
+    Returns
+    -------
+    DataFrame of shape (n_samples, n_genes), index named ``sample_id``, columns are gene IDs.
+    """
+    path = Path(path)
+    _check_file(path)
+    if orientation not in ("auto", "samples", "genes"):
+        raise InputError(f"orientation must be auto, samples or genes, got {orientation!r}")
+    suffix = path.name.lower()
+    if suffix.endswith(".parquet") or suffix.endswith(".pq"):
+        df, first = _read_parquet(path, orientation, sample_ids)
+    elif suffix.endswith((".csv", ".tsv", ".txt", ".tab", ".csv.gz", ".tsv.gz", ".txt.gz")):
+        df, first = _read_text(path)
+    else:
+        raise InputError(f"{path}: unsupported matrix format; use .parquet, .csv or .tsv")
+
+    orient = orientation if orientation != "auto" else _detect_orientation(path, df, first, sample_ids)
+    if orient == "genes":
+        df = df.T
+    df.index = pd.Index(df.index.astype(str), name="sample_id")
+    df.columns = pd.Index(df.columns.astype(str), name="gene_id")
+    _check_numeric(df, path)
+    return df
+
+
+def _detect_orientation(path: Path, df: pd.DataFrame, first: str, sample_ids: Sequence[str] | None) -> str:
+    key = first.lower()
+    if key in SAMPLE_ID_COLUMNS:
+        return "samples"
+    if key in GENE_ID_COLUMNS:
+        return "genes"
+    if sample_ids is not None:
+        ids = set(map(str, sample_ids))
+        rows = len(ids & set(df.index.astype(str)))
+        cols = len(ids & set(df.columns.astype(str)))
+        if rows > cols:
+            return "samples"
+        if cols > rows:
+            return "genes"
+    row_gene, col_gene = _looks_like_genes(list(df.index)), _looks_like_genes(list(df.columns))
+    if col_gene > 0.9 and row_gene < 0.1:
+        return "samples"
+    if row_gene > 0.9 and col_gene < 0.1:
+        return "genes"
+    raise InputError(
+        f"{path}: cannot tell whether rows are samples or genes (first column {first!r}); "
+        "name the first column sample_id or gene_id, or pass --orientation samples|genes"
+    )
+
+
+def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFrame, str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file (truncated or corrupt?): {exc}") from exc
+    names = schema.names
+    if not names:
+        raise InputError(f"{path}: Parquet file has no columns")
+    pandas_index = [c for c in names if c.startswith("__index_level_")]
+    first = names[0]
+    label_col = first
+    value_cols = [c for c in names if c != label_col and c not in pandas_index]
+    meta = schema.pandas_metadata or {}
+    if meta.get("index_columns") and isinstance(meta["index_columns"][0], str):
+        label_col = meta["index_columns"][0]
+        first = next((c.get("name") or label_col for c in meta.get("columns", [])
+                      if c.get("field_name") == label_col), label_col)
+        value_cols = [c for c in names if c != label_col]
+    try:
+        labels = pf.read(columns=[label_col]).column(0).to_pylist()
+        n = len(labels)
+        bad = [c for c in value_cols if not (pa.types.is_integer(schema.field(c).type)
+                                             or pa.types.is_floating(schema.field(c).type))]
+        if bad:
+            raise InputError(
+                f"{path}: {len(bad)} non-numeric column(s), e.g. {bad[:3]} "
+                f"(type {schema.field(bad[0]).type}); expression values must be numbers"
+            )
+        types = {schema.field(c).type for c in value_cols}
+        dtype = np.float32
+        if types and all(pa.types.is_integer(t) for t in types):
+            dtype = np.int64 if any(t.bit_width > 32 for t in types) else np.int32
+        elif any(pa.types.is_floating(t) and t.bit_width > 32 for t in types):
+            dtype = np.float64
+        out = np.empty((n, len(value_cols)), dtype=dtype)
+        # Read in column chunks straight into the preallocated matrix: peak memory stays near one
+        # matrix plus one chunk instead of an Arrow table plus a pandas copy plus a numpy copy.
+        for j0 in range(0, len(value_cols), _PARQUET_CHUNK):
+            cols = value_cols[j0:j0 + _PARQUET_CHUNK]
+            tbl = pf.read(columns=cols)
+            for k, col in enumerate(tbl.columns):
+                arr = col.to_numpy(zero_copy_only=False)
+                if col.null_count:
+                    if np.issubdtype(out.dtype, np.integer):
+                        raise InputError(f"{path}: column {cols[k]!r} has {col.null_count} missing values "
+                                         "in an integer matrix")
+                    arr = np.asarray(col.to_pandas(), dtype=out.dtype)
+                out[:, j0 + k] = arr
+            del tbl
+    except InputError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: Parquet data could not be read (truncated or corrupt?): {exc}") from exc
+    df = pd.DataFrame(out, index=pd.Index(labels), columns=pd.Index(value_cols), copy=False)
+    return df, str(first)
+
+
+def _read_text(path: Path) -> tuple[pd.DataFrame, str]:
+    sep = _sep_for(path)
+    try:
+        df = pd.read_csv(path, sep=sep, index_col=0, compression="infer")
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{path}: file is empty") from exc
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: malformed table (truncated or ragged rows?): {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save as UTF-8") from exc
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: could not read compressed file (truncated?): {exc}") from exc
+    if df.shape[1] == 0 or df.shape[0] == 0:
+        raise InputError(f"{path}: table has no data rows or no value columns (wrong separator?)")
+    first = str(df.index.name or "")
+    return df, first
+
+
+def _check_numeric(df: pd.DataFrame, path: Path) -> None:
+    bad = [c for c, t in df.dtypes.items() if not (np.issubdtype(t, np.number))]
+    if bad:
+        col = df[bad[0]]
+        coerced = pd.to_numeric(col, errors="coerce")
+        offending = col[coerced.isna() & col.notna()]
+        example = f"{offending.index[0]!r}={offending.iloc[0]!r}" if len(offending) else "?"
+        raise InputError(
+            f"{path}: {len(bad)} column(s) hold non-numeric values, e.g. column {bad[0]!r} at {example}; "
+            "expression values must be numbers (is a text column or a header row inside the matrix?)"
+        )
+
+
+def write_matrix(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a samples x genes DataFrame as zstd Parquet (first column ``sample_id``) or CSV/TSV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = df.copy(deep=False)
+    out.index = pd.Index(out.index.astype(str), name=out.index.name or "sample_id")
+    out.columns = out.columns.astype(str)
+    if path.suffix in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(out.reset_index(), preserve_index=False)
+        pq.write_table(table, path, compression="zstd")
+    else:
+        out.to_csv(path, sep=_sep_for(path))
+    return path
+
+
+# --------------------------------------------------------------------------- sample sheets
+def read_sample_sheet(path: str | Path, id_column: str | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV sample sheet indexed by ``sample_id`` (or ``id_column``)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path}: sample sheet is not UTF-8 ({exc.reason} at byte {exc.start}); "
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from exc
+    import io as _io
+
+    try:
+        df = pd.read_csv(_io.StringIO(text), sep=_sep_for(path), dtype={0: str})
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{path}: sample sheet is empty") from exc
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: malformed sample sheet: {exc}") from exc
+    if df.empty:
+        raise InputError(f"{path}: sample sheet has a header but no rows")
+    col = id_column or next((c for c in df.columns if str(c).lower() in SAMPLE_ID_COLUMNS), None)
+    if col is None:
+        raise InputError(f"{path}: no sample ID column (expected 'sample_id'; columns: {', '.join(df.columns)})")
+    if col not in df.columns:
+        raise InputError(f"{path}: no column {col!r}")
+    ids = df[col].astype(str)
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise InputError(f"{path}: duplicate sample IDs ({len(dup)}): {', '.join(dup[:5])}")
+    df = df.drop(columns=[col])
+    df.index = pd.Index(ids, name="sample_id")
+    return df
+
+
+# --------------------------------------------------------------------------- cohorts
+def read_cohort(
+    expression: str | Path,
+    samples: str | Path | pd.DataFrame | None = None,
+    value_type: str | ValueType = ValueType.LOG,
+    orientation: Orientation = "auto",
+    name: str | None = None,
+    meta: dict | None = None,
+    allow_missing_samples: bool = False,
+) -> Cohort:
+    """Read a matrix and a sample sheet into a :class:`Cohort`, matching samples by ID.
+
+    The sample sheet's row order follows the matrix. IDs in one file but not the other are an error
+    naming them (``allow_missing_samples=True`` keeps the intersection instead and records the rest in
+    ``meta["unmatched_samples"]``).
+    """
+    expression = Path(expression)
+    if expression.suffix == ".h5ad" or expression.is_dir():
+        return Cohort.read(expression)
+    sheet = None
+    if samples is not None:
+        sheet = samples if isinstance(samples, pd.DataFrame) else read_sample_sheet(samples)
+    df = read_matrix(expression, orientation, None if sheet is None else list(sheet.index))
+    if sheet is None:
+        sheet = pd.DataFrame(index=df.index.copy())
+    meta = dict(meta or {})
+    only_matrix = df.index.difference(sheet.index)
+    only_sheet = sheet.index.difference(df.index)
+    if len(only_matrix) or len(only_sheet):
+        msg = (f"sample IDs of matrix and sheet differ: {len(only_matrix)} only in the matrix "
+               f"({', '.join(map(str, only_matrix[:3]))}), {len(only_sheet)} only in the sheet "
+               f"({', '.join(map(str, only_sheet[:3]))})")
+        if not allow_missing_samples:
+            raise InputError(msg)
+        meta["unmatched_samples"] = {"matrix_only": list(map(str, only_matrix)),
+                                     "sheet_only": list(map(str, only_sheet))}
+        keep = df.index.isin(sheet.index)
+        df = df.loc[keep]
+    sheet = sheet.reindex(df.index)
+    meta.setdefault("source", str(expression))
+    return Cohort(
+        X=df.to_numpy(copy=False), genes=df.columns, samples=sheet,
+        value_type=value_type, name=name or expression.stem, meta=meta,
+    )
+
+
+# --------------------------------------------------------------------------- Salmon / tximport
+def read_salmon(
+    quant_files: dict[str, str | Path] | str | Path,
+    tx2gene: str | Path | pd.DataFrame,
+) -> dict[str, pd.DataFrame]:
+    """Aggregate Salmon ``quant.sf`` files to genes with tximport semantics.
+
+    ``tximport(files, type="salmon", tx2gene=tx2gene)`` with ``countsFromAbundance="no"``:
+    counts (``NumReads``) and abundance (``TPM``) are summed per gene; the gene length is the
+    TPM-weighted mean of transcript ``EffectiveLength``. Where a gene's TPM is 0 in some samples its
+    length there is the geometric mean of its lengths in the other samples, and where it is 0 in all
+    samples, the plain mean over its transcripts of their sample-averaged lengths
+    (tximport's ``replaceMissingLength``). Transcripts absent from ``tx2gene`` are dropped, as tximport does.
+
+    Parameters
+    ----------
+    quant_files : dict sample -> path, or a folder of ``<sample>/quant.sf[.gz]`` sub-folders
+    tx2gene : two-column table (transcript, gene) or a path to one (CSV, optionally gzipped)
+
+    Returns
+    -------
+    dict with ``counts``, ``abundance`` and ``length``: DataFrames of shape (n_samples, n_genes),
+    genes sorted by ID (R ``rowsum`` order).
+    """
+    if not isinstance(quant_files, dict):
+        root = Path(quant_files)
+        if not root.is_dir():
+            raise InputError(f"{root}: expected a folder of Salmon runs (<run>/quant.sf)")
+        quant_files = {}
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            for fname in ("quant.sf", "quant.sf.gz"):
+                if (sub / fname).exists():
+                    quant_files[sub.name] = sub / fname
+                    break
+        if not quant_files:
+            raise InputError(f"{root}: no <run>/quant.sf or quant.sf.gz files found")
+    if isinstance(tx2gene, pd.DataFrame):
+        t2g = tx2gene
+    else:
+        _check_file(Path(tx2gene))
+        t2g = pd.read_csv(tx2gene)
+    if t2g.shape[1] < 2:
+        raise InputError("tx2gene needs two columns: transcript ID, gene ID")
+    t2g = t2g.iloc[:, :2].astype(str)
+    t2g.columns = ["tx", "gene"]
+    t2g = t2g.drop_duplicates("tx").set_index("tx")["gene"]
+
+    samples = list(quant_files)
+    reads, tpm, efflen = [], [], []
+    tx_ids = None
+    for s in samples:
+        p = Path(quant_files[s])
+        _check_file(p)
+        try:
+            q = pd.read_csv(p, sep="\t", usecols=["Name", "EffectiveLength", "TPM", "NumReads"])
+        except (ValueError, pd.errors.ParserError, EOFError, OSError) as exc:
+            raise InputError(f"{p}: not a Salmon quant.sf file ({exc})") from exc
+        if tx_ids is None:
+            tx_ids = q["Name"].astype(str).to_numpy()
+        elif len(q) != len(tx_ids) or not np.array_equal(q["Name"].astype(str).to_numpy(), tx_ids):
+            raise InputError(f"{p}: transcripts differ from the first file; all runs must use one index")
+        reads.append(q["NumReads"].to_numpy(np.float64))
+        tpm.append(q["TPM"].to_numpy(np.float64))
+        efflen.append(q["EffectiveLength"].to_numpy(np.float64))
+    assert tx_ids is not None
+    genes_of_tx = t2g.reindex(tx_ids)
+    keep = genes_of_tx.notna().to_numpy()
+    if not keep.any():
+        raise InputError("no transcript of the quant files is in tx2gene (version suffixes differ?)")
+    gene = genes_of_tx.to_numpy()[keep].astype(str)
+    uniq, inv = np.unique(gene, return_inverse=True)
+    R = np.stack(reads, 1)[keep]
+    A = np.stack(tpm, 1)[keep]
+    L = np.stack(efflen, 1)[keep]
+
+    def rowsum(M: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(uniq), M.shape[1]))
+        np.add.at(out, inv, M)
+        return out
+
+    counts, abundance = rowsum(R), rowsum(A)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        length = rowsum(A * L) / abundance
+        ave_tx = L.mean(axis=1)
+        n_tx = np.bincount(inv, minlength=len(uniq))
+        ave_gene = np.bincount(inv, weights=ave_tx, minlength=len(uniq)) / n_tx
+        nan = np.isnan(length)
+        all_nan = nan.all(axis=1)
+        length[all_nan] = ave_gene[all_nan, None]
+        some = nan.any(axis=1) & ~all_nan
+        if some.any():
+            logs = np.where(nan[some], np.nan, np.log(length[some]))
+            geo = np.exp(np.nanmean(logs, axis=1))
+            block = length[some]
+            block[nan[some]] = np.broadcast_to(geo[:, None], block.shape)[nan[some]]
+            length[some] = block
+    idx = pd.Index(samples, name="sample_id")
+    cols = pd.Index(uniq, name="gene_id")
+    return {
+        "counts": pd.DataFrame(counts.T, index=idx, columns=cols),
+        "abundance": pd.DataFrame(abundance.T, index=idx, columns=cols),
+        "length": pd.DataFrame(length.T, index=idx, columns=cols),
+    }
