@@ -131,24 +131,29 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
     pandas_index = [c for c in names if c.startswith("__index_level_")]
     first = names[0]
     label_col = first
-    value_cols = [c for c in names if c != label_col and c not in pandas_index]
     meta = schema.pandas_metadata or {}
     if meta.get("index_columns") and isinstance(meta["index_columns"][0], str):
         label_col = meta["index_columns"][0]
         first = next((c.get("name") or label_col for c in meta.get("columns", [])
                       if c.get("field_name") == label_col), label_col)
-        value_cols = [c for c in names if c != label_col]
+        positions = [i for i, c in enumerate(names) if c != label_col]
+    else:
+        positions = [i for i, c in enumerate(names) if c != label_col and c not in pandas_index]
+    # Columns are addressed by position: a file may repeat a gene ID, and selecting by name would
+    # then fail (or pick one); repeated IDs are kept so the caller can report them.
+    value_cols = [names[i] for i in positions]
+    dup_names = len(set(value_cols)) != len(value_cols)
     try:
         labels = pf.read(columns=[label_col]).column(0).to_pylist()
         n = len(labels)
-        bad = [c for c in value_cols if not (pa.types.is_integer(schema.field(c).type)
-                                             or pa.types.is_floating(schema.field(c).type))]
+        bad = [names[i] for i in positions if not (pa.types.is_integer(schema.field(i).type)
+                                                   or pa.types.is_floating(schema.field(i).type))]
         if bad:
             raise InputError(
                 f"{path}: {len(bad)} non-numeric column(s), e.g. {bad[:3]} "
-                f"(type {schema.field(bad[0]).type}); expression values must be numbers"
+                f"(type {schema.field(names.index(bad[0])).type}); expression values must be numbers"
             )
-        types = {schema.field(c).type for c in value_cols}
+        types = {schema.field(i).type for i in positions}
         dtype = np.float32
         if types and all(pa.types.is_integer(t) for t in types):
             dtype = np.int64 if any(t.bit_width > 32 for t in types) else np.int32
@@ -157,9 +162,13 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
         out = np.empty((n, len(value_cols)), dtype=dtype)
         # Read in column chunks straight into the preallocated matrix: peak memory stays near one
         # matrix plus one chunk instead of an Arrow table plus a pandas copy plus a numpy copy.
+        whole = pf.read() if dup_names else None
         for j0 in range(0, len(value_cols), _PARQUET_CHUNK):
             cols = value_cols[j0:j0 + _PARQUET_CHUNK]
-            tbl = pf.read(columns=cols)
+            if whole is not None:
+                tbl = whole.select(positions[j0:j0 + _PARQUET_CHUNK])
+            else:
+                tbl = pf.read(columns=cols)
             for k, col in enumerate(tbl.columns):
                 arr = col.to_numpy(zero_copy_only=False)
                 if col.null_count:
@@ -191,14 +200,37 @@ def _read_text(path: Path) -> tuple[pd.DataFrame, str]:
         raise InputError(f"{path}: could not read compressed file (truncated?): {exc}") from exc
     if df.shape[1] == 0 or df.shape[0] == 0:
         raise InputError(f"{path}: table has no data rows or no value columns (wrong separator?)")
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, compression="infer").iloc[0]
+    if len(header) == df.shape[1] + 1 and list(header.iloc[1:].astype(str)) != list(df.columns.astype(str)):
+        # pandas renames a repeated column (TP53 -> TP53.1); keep the file's names so a repeated gene
+        # ID is reported instead of silently becoming a new "gene"
+        df.columns = pd.Index(header.iloc[1:].astype(str).to_numpy())
+    _check_truncated(path, df)
     first = str(df.index.name or "")
     return df, first
 
 
+def _check_truncated(path: Path, df: pd.DataFrame) -> None:
+    """A cut-off text file parses as a short last row padded with NaN; catch it instead."""
+    if path.name.lower().endswith(".gz"):
+        return  # gzip detects truncation itself (EOFError above)
+    with path.open("rb") as fh:
+        fh.seek(max(path.stat().st_size - 1, 0))
+        ends_with_newline = fh.read(1) in (b"\n", b"\r")
+    last = df.iloc[-1]
+    if not ends_with_newline and pd.isna(last.iloc[-1]):
+        have = int(last.notna().sum())
+        raise InputError(
+            f"{path}: file looks truncated: the last row {df.index[-1]!r} has {have} of {df.shape[1]} "
+            "values and the file does not end with a newline; re-export or re-download it"
+        )
+
+
 def _check_numeric(df: pd.DataFrame, path: Path) -> None:
-    bad = [c for c, t in df.dtypes.items() if not (np.issubdtype(t, np.number))]
+    bad_pos = [j for j, t in enumerate(df.dtypes) if not np.issubdtype(t, np.number)]
+    bad = [df.columns[j] for j in bad_pos]
     if bad:
-        col = df[bad[0]]
+        col = df.iloc[:, bad_pos[0]]
         coerced = pd.to_numeric(col, errors="coerce")
         offending = col[coerced.isna() & col.notna()]
         example = f"{offending.index[0]!r}={offending.iloc[0]!r}" if len(offending) else "?"
@@ -227,8 +259,11 @@ def write_matrix(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- sample sheets
-def read_sample_sheet(path: str | Path, id_column: str | None = None) -> pd.DataFrame:
-    """Read a CSV/TSV sample sheet indexed by ``sample_id`` (or ``id_column``)."""
+def read_sample_sheet(path: str | Path, id_column: str | None = None, check_unique: bool = True) -> pd.DataFrame:
+    """Read a CSV/TSV sample sheet indexed by ``sample_id`` (or ``id_column``).
+
+    ``check_unique=False`` keeps repeated sample IDs (for validators that report them themselves).
+    """
     path = Path(path)
     _check_file(path)
     try:
@@ -256,7 +291,7 @@ def read_sample_sheet(path: str | Path, id_column: str | None = None) -> pd.Data
         raise InputError(f"{path}: no column {col!r}")
     ids = df[col].astype(str)
     dup = ids[ids.duplicated()].unique()
-    if len(dup):
+    if len(dup) and check_unique:
         raise InputError(f"{path}: duplicate sample IDs ({len(dup)}): {', '.join(dup[:5])}")
     df = df.drop(columns=[col])
     df.index = pd.Index(ids, name="sample_id")
