@@ -1,0 +1,207 @@
+"""Gene sets: the shipped KEGG / GO-BP / PROGENy collections, user GMT files, and the gene x pathway
+membership matrix that the pathway network and the pathway scores are built from.
+
+A gene-set collection is a plain ``dict[str, list[str]]`` (set name -> member gene IDs, in file order,
+without duplicates). Restrict it to a cohort's genes with :func:`restrict_gene_sets` before building the
+:func:`membership_matrix`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genexflow.errors import InputError
+
+#: Shipped collections: name -> {id_type: file name under ``genexflow/priors/data``}.
+SHIPPED: dict[str, dict[str, str]] = {
+    "kegg": {"symbol": "kegg_hsa_2011_symbols.gmt", "entrez": "kegg_hsa_2011_entrez.gmt.gz"},
+    "go_bp": {"symbol": "go_bp_15_500_symbols.gmt.gz", "entrez": "go_bp_15_500_entrez.gmt.gz"},
+    "progeny": {"symbol": "progeny_human_top100_matrix.csv.gz", "entrez": "progeny_human_top100_matrix.csv.gz"},
+}
+_ALIASES = {"kegg_2011": "kegg", "kegg_hsa_2011": "kegg", "go": "go_bp", "go_bp_15_500": "go_bp",
+            "gobp": "go_bp", "progeny_top100": "progeny"}
+ID_TYPES = ("symbol", "entrez")
+
+
+def _data_path(name: str):
+    return resources.files("genexflow.priors").joinpath("data", name)
+
+
+def _open_text(path) -> str:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8")
+
+
+def parse_gmt(text: str, source: str = "GMT") -> dict[str, list[str]]:
+    """Parse GMT text: one set per line, ``name<TAB>description<TAB>gene<TAB>gene…``.
+
+    Empty gene fields and duplicate members are dropped (first occurrence kept); a repeated set name is an
+    error because it would silently merge two different sets.
+    """
+    sets: dict[str, list[str]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rstrip("\r\n").split("\t")
+        if len(parts) < 2:
+            raise InputError(f"{source} line {lineno}: expected 'name<TAB>description<TAB>genes…', got {line[:60]!r}")
+        name = parts[0].strip()
+        if name in sets:
+            raise InputError(f"{source} line {lineno}: gene set {name!r} appears twice; give sets unique names")
+        sets[name] = list(dict.fromkeys(g.strip() for g in parts[2:] if g.strip()))
+    if not sets:
+        raise InputError(f"{source} contains no gene sets; expected GMT lines 'name<TAB>description<TAB>genes…'")
+    return sets
+
+
+def read_gmt(path: str | Path) -> dict[str, list[str]]:
+    """Read a (optionally gzipped) GMT file into ``{set name: [genes]}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"gene-set file not found: {p}; pass a GMT path or one of {sorted(SHIPPED)}")
+    return parse_gmt(_open_text(p), source=str(p))
+
+
+def write_gmt(sets: Mapping[str, Sequence[str]], path: str | Path, description: str = "genexflow") -> Path:
+    """Write gene sets as GMT (gzipped when the name ends in ``.gz``)."""
+    p = Path(path)
+    text = "".join("\t".join([name, description, *genes]) + "\n" for name, genes in sets.items())
+    if p.suffix == ".gz":
+        p.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        p.write_text(text)
+    return p
+
+
+def load_progeny_weights(id_type: str = "symbol") -> pd.DataFrame:
+    """The shipped PROGENy human top-100 model as a genes x 14 pathways weight matrix.
+
+    Returns
+    -------
+    DataFrame of shape (n_genes, 14)
+        Index: gene symbols (or Entrez IDs for ``id_type="entrez"``; genes without an ID are left out).
+        A weight of 0 means the gene is not among that pathway's top 100.
+    """
+    w = pd.read_csv(_data_path(SHIPPED["progeny"]["symbol"]).open("rb"), index_col=0, compression="gzip")
+    w.index.name = "gene"
+    if id_type == "entrez":
+        ids = pd.read_csv(_data_path("progeny_human_top100_entrez.csv.gz").open("rb"), dtype=str,
+                          compression="gzip").set_index("symbol")["entrez_id"]
+        w.index = w.index.map(ids)
+        w = w[w.index.notna()]
+        w.index.name = "entrez_id"
+    return w.astype(np.float64)
+
+
+def load_gene_sets(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, list[str]]:
+    """Load a shipped gene-set collection or a user GMT file.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        ``"kegg"`` (KEGG 2011, 229 sets), ``"go_bp"`` (GO Biological Process, 5233 sets of 15-500 genes),
+        ``"progeny"`` (PROGENy top-100 genes of 14 signalling pathways), or a path to a GMT file
+        (``.gmt`` or ``.gmt.gz``).
+    id_type : {"symbol", "entrez"}
+        Gene identifiers of the shipped collections (ignored for a user file, which keeps its own IDs).
+
+    Returns
+    -------
+    dict of str to list of str
+        Set name -> member gene IDs (unique, file order).
+
+    Examples
+    --------
+    >>> sets = load_gene_sets("kegg")
+    >>> len(sets), "TP53" in sets["hsa04115"]
+    (229, True)
+    """
+    low = str(name_or_path).lower()
+    key = _ALIASES.get(low, low)
+    if key not in SHIPPED:
+        return read_gmt(name_or_path)
+    if id_type not in ID_TYPES:
+        raise InputError(f"unknown id_type {id_type!r}; use one of {', '.join(ID_TYPES)}")
+    if key == "progeny":
+        w = load_progeny_weights(id_type)
+        return {pw: w.index[w[pw].to_numpy() != 0].tolist() for pw in w.columns}
+    fname = SHIPPED[key][id_type]
+    return parse_gmt(_open_text(_data_path(fname)), source=fname)
+
+
+def restrict_gene_sets(
+    sets: Mapping[str, Sequence[str]],
+    genes: Iterable[str],
+    min_size: int = 5,
+    max_size: int | None = None,
+) -> dict[str, list[str]]:
+    """Keep only the cohort's genes in each set and drop sets that end up too small (or too large).
+
+    Parameters
+    ----------
+    sets : mapping of str to sequence of str
+        Gene sets, e.g. from :func:`load_gene_sets`.
+    genes : iterable of str
+        The cohort's gene IDs (same ID type as the sets).
+    min_size, max_size : int
+        Inclusive bounds on the number of members *present in the cohort*.
+
+    Returns
+    -------
+    dict of str to list of str
+        Surviving sets in input order; members keep the set's order.
+    """
+    if min_size < 1:
+        raise InputError(f"min_size must be >= 1, got {min_size}")
+    if max_size is not None and max_size < min_size:
+        raise InputError(f"max_size ({max_size}) is smaller than min_size ({min_size})")
+    present = set(map(str, genes))
+    out: dict[str, list[str]] = {}
+    for name, members in sets.items():
+        kept = [g for g in dict.fromkeys(members) if g in present]
+        if len(kept) >= min_size and (max_size is None or len(kept) <= max_size):
+            out[name] = kept
+    return out
+
+
+def membership_matrix(
+    sets: Mapping[str, Sequence[str]], genes: Sequence[str], dtype: type = np.float32
+) -> np.ndarray:
+    """Binary gene x pathway membership matrix ``M`` with ``M[g, k] = 1`` if gene g is in set k.
+
+    Parameters
+    ----------
+    sets : mapping of str to sequence of str
+        P gene sets; columns follow the mapping's order. Members absent from ``genes`` are ignored.
+    genes : sequence of str
+        The G genes; rows follow this order.
+
+    Returns
+    -------
+    ndarray of shape (G, P)
+
+    Examples
+    --------
+    >>> membership_matrix({"a": ["x", "y"], "b": ["y", "z"]}, ["x", "y", "z"]).astype(int).tolist()
+    [[1, 0], [1, 1], [0, 1]]
+    """
+    index = pd.Index(list(map(str, genes)))
+    if index.has_duplicates:
+        raise InputError("membership_matrix needs unique gene IDs")
+    names = list(sets)
+    sizes = np.fromiter((len(sets[n]) for n in names), dtype=np.int64, count=len(names))
+    flat = np.fromiter((str(g) for n in names for g in sets[n]), dtype=object, count=int(sizes.sum()))
+    col = np.repeat(np.arange(len(names)), sizes)
+    row = index.get_indexer(flat)
+    ok = row >= 0
+    M = np.zeros((len(index), len(names)), dtype=dtype)
+    M[row[ok], col[ok]] = 1
+    return M
