@@ -1,0 +1,110 @@
+"""Every size and switch of :class:`~genexflow.models.PathwayNet` in one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from genexflow.errors import InputError
+
+TASKS = ("classification", "regression")
+
+
+@dataclass
+class PathwayNetConfig:
+    """Configuration of the pathway-aware network.
+
+    Parameters
+    ----------
+    n_genes : int
+        G, input genes (the priors' gene order).
+    n_pathways : int
+        P, gene sets (pathway tokens; also the co-membership graph).
+    n_covariates : int
+        C, numeric + one-hot covariates concatenated before the head (0 for none).
+    n_outputs : int
+        K classes for classification, 1 for regression.
+    task : {"classification", "regression"}
+    graph_kind : {"membership", "edges"}
+        How ``Â H`` is computed: through the gene x pathway membership (co-membership graph) or through an
+        edge list (interaction / kNN graph).
+    n_edges : int
+        Directed edges of an ``"edges"`` graph (sizes the buffers when a saved module is rebuilt).
+    use_gcn, gcn_dim, gcn_layers, gcn_dropout
+        GCN branch over genes: per-gene feature width F, 2-3 layers, dropout.
+    readout_dims : tuple of int
+        Readout MLP of the GCN branch (default 512 -> 256).
+    use_transformer, d_model, n_heads, transformer_layers, ff_dim, attn_dropout, norm_first
+        Pathway-token branch: token width, heads, encoder layers, feed-forward width, dropout, pre-norm.
+    use_autoencoder, variational, ae_hidden, latent_dim, recon_weight, kl_weight
+        Autoencoder branch: deterministic or variational, hidden width, latent size, loss weights.
+    head_hidden, head_dropout
+        Head: Dense -> ``head_hidden`` -> GELU -> Dropout(``head_dropout``) -> K.
+    """
+
+    n_genes: int
+    n_pathways: int
+    n_covariates: int = 0
+    n_outputs: int = 2
+    task: str = "classification"
+    graph_kind: str = "membership"
+    n_edges: int = 0
+    # GCN branch
+    use_gcn: bool = True
+    gcn_dim: int = 8
+    gcn_layers: int = 2
+    gcn_dropout: float = 0.1
+    readout_dims: tuple[int, ...] = (512, 256)
+    # pathway-token transformer branch
+    use_transformer: bool = True
+    d_model: int = 64
+    n_heads: int = 4
+    transformer_layers: int = 2
+    ff_dim: int = 128
+    attn_dropout: float = 0.1
+    norm_first: bool = False
+    # autoencoder branch
+    use_autoencoder: bool = True
+    variational: bool = False
+    ae_hidden: int = 256
+    latent_dim: int = 32
+    recon_weight: float = 0.1
+    kl_weight: float = 1e-3
+    # head
+    head_hidden: int = 128
+    head_dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        self.readout_dims = tuple(int(d) for d in self.readout_dims)
+        if self.task not in TASKS:
+            raise InputError(f"unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        if self.task == "regression" and self.n_outputs != 1:
+            raise InputError(f"a regression head has 1 output, got n_outputs={self.n_outputs}")
+        if self.task == "classification" and self.n_outputs < 2:
+            raise InputError(f"classification needs n_outputs >= 2 classes, got {self.n_outputs}")
+        if self.graph_kind not in ("membership", "edges"):
+            raise InputError(f"graph_kind must be 'membership' or 'edges', got {self.graph_kind!r}")
+        if self.n_genes < 1 or self.n_pathways < 1 or self.n_covariates < 0:
+            raise InputError("need n_genes >= 1, n_pathways >= 1 and n_covariates >= 0")
+        if self.use_transformer and self.d_model % self.n_heads:
+            raise InputError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.use_gcn and not 1 <= self.gcn_layers <= 6:
+            raise InputError(f"gcn_layers must be in 1..6, got {self.gcn_layers}")
+        if not (self.use_gcn or self.use_transformer or self.use_autoencoder or self.n_covariates):
+            raise InputError("enable at least one branch (GCN, transformer or autoencoder)")
+        for name in ("gcn_dropout", "attn_dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["readout_dims"] = list(self.readout_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PathwayNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown PathwayNetConfig fields: {', '.join(unknown)}")
+        return cls(**d)

@@ -1,0 +1,239 @@
+"""Layers of the pathway network: graph propagation (factorized and edge-list forms), the graph
+convolution, pathway pooling and a self-attention encoder layer that returns its attention weights.
+
+Everything here is ONNX-exportable: matrix products, ``index_select`` / ``index_add`` and elementwise ops
+only (no ``torch.sparse``, no data-dependent Python control flow). Gene features are kept **gene-major**,
+``(G, B, F)``, so that ``Â H`` over the whole batch is one ``(G, ·) x (·, B·F)`` matrix product with the
+adjacency shared across the batch (no per-sample graph copies).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def dense_propagation(A_hat: Tensor, H: Tensor) -> Tensor:
+    """Reference ``Â H`` with a dense normalized adjacency (small graphs and tests only).
+
+    Shapes: ``A_hat`` (G, G), ``H`` (G, N) -> (G, N).
+    """
+    return A_hat @ H
+
+
+class MembershipPropagation(nn.Module):
+    r"""Exact ``Â H`` for the pathway co-membership graph in O(G·P), without forming ``Â``.
+
+    With ``A = M W Mᵀ − diag(M w)`` (``W = diag(w)``) and ``s = diag(D)^{-1/2}`` of ``A + I``:
+
+    .. math::
+
+        \hat A H = s \odot \big(M (w \odot (M^\top (s \odot H)))\big) + s^2 \odot (1 - M w) \odot H
+
+    i.e. two thin dense products (P x G and G x P) plus a diagonal term.
+
+    Parameters
+    ----------
+    membership : ndarray of shape (G, P)
+    set_weights : ndarray of shape (P,)
+    scale : ndarray of shape (G,)
+        ``s``.
+    self_weight : ndarray of shape (G,)
+        ``s² (1 − M w)``.
+
+    Shapes
+    ------
+    - input ``H``: (G, N) (N = batch x features, flattened)
+    - output: (G, N)
+    """
+
+    def __init__(self, membership: np.ndarray, set_weights: np.ndarray, scale: np.ndarray,
+                 self_weight: np.ndarray):
+        super().__init__()
+        self.register_buffer("membership", torch.as_tensor(np.asarray(membership, np.float32)))
+        self.register_buffer("set_weights", torch.as_tensor(np.asarray(set_weights, np.float32))[:, None])
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float32))[:, None])
+        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
+
+    def forward(self, H: Tensor) -> Tensor:
+        t = self.membership.t() @ (self.scale * H)  # (P, N)
+        return self.scale * (self.membership @ (self.set_weights * t)) + self.self_weight * H
+
+
+class EdgePropagation(nn.Module):
+    r"""Exact ``Â H`` for an edge-list graph as gather + ``index_add`` (ONNX: Gather + ScatterND-add).
+
+    .. math::
+
+        (\hat A H)_i = \sum_{(j \to i)} \hat w_{ji} H_j + s_i^2 H_i, \qquad \hat w_{ji} = s_j a_{ji} s_i
+
+    Costs O(E·N) time and memory (the gathered messages); prune the edge list (``min_score``, smaller k)
+    for large graphs. ``torch.sparse.mm`` would be faster on CPU but does not export to ONNX.
+
+    Parameters
+    ----------
+    edge_index : ndarray of shape (2, E)
+        ``(source, target)`` rows, both directions of every undirected edge.
+    edge_weight : ndarray of shape (E,)
+        Normalized weights ``ŵ``.
+    self_weight : ndarray of shape (G,)
+        ``s²``.
+
+    Shapes
+    ------
+    - input ``H``: (G, N)
+    - output: (G, N)
+    """
+
+    def __init__(self, edge_index: np.ndarray, edge_weight: np.ndarray, self_weight: np.ndarray):
+        super().__init__()
+        ei = torch.as_tensor(np.asarray(edge_index, np.int64))
+        self.register_buffer("src", ei[0].contiguous())
+        self.register_buffer("dst", ei[1].contiguous())
+        self.register_buffer("edge_weight", torch.as_tensor(np.asarray(edge_weight, np.float32))[:, None])
+        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
+
+    def forward(self, H: Tensor) -> Tensor:
+        messages = H.index_select(0, self.src) * self.edge_weight  # (E, N)
+        return torch.zeros_like(H).index_add(0, self.dst, messages) + self.self_weight * H
+
+
+def make_propagation(graph) -> nn.Module:
+    """The propagation module for a :class:`~genexflow.priors.GeneGraph` (membership or edges)."""
+    f = graph.factors()
+    if graph.kind == "membership":
+        return MembershipPropagation(f["membership"], f["set_weights"], f["scale"], f["self_weight"])
+    return EdgePropagation(f["edge_index"], f["edge_weight"], f["self_weight"])
+
+
+class GraphConv(nn.Module):
+    r"""Residual graph convolution over genes with a shared adjacency.
+
+    .. math::
+
+        H^{(l+1)} = H^{(l)} + \mathrm{Dropout}\big(\mathrm{GELU}(\hat A H^{(l)} \Theta + b)\big)
+
+    ``Â`` is applied by the ``propagate`` module passed to :meth:`forward`
+    (:class:`MembershipPropagation` or :class:`EdgePropagation`), the same for every sample and layer.
+
+    Parameters
+    ----------
+    dim : int
+        Feature width F (input = output, for the residual).
+    dropout : float
+
+    Shapes
+    ------
+    - input ``H``: (G, B, F), gene-major
+    - output: (G, B, F)
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.1):
+        super().__init__()
+        self.lin = nn.Linear(dim, dim, bias=False)
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, H: Tensor, propagate: nn.Module) -> Tensor:
+        G, B, Fd = H.shape
+        # Transform first (F x F on every gene), then propagate the (G, B·F) block in one product.
+        Z = propagate(self.lin(H).reshape(G, -1)).reshape(G, -1, Fd)
+        return H + self.dropout(F.gelu(Z + self.bias))
+
+
+class PathwayPooling(nn.Module):
+    r"""Learned pooling of member genes into one vector per pathway.
+
+    Weights are a softmax of learned gene logits ``u`` restricted to each set's members:
+
+    .. math::
+
+        \alpha_{gk} = \frac{M_{gk} e^{u_g}}{\sum_{g'} M_{g'k} e^{u_{g'}}}, \qquad
+        t_k = \sum_g \alpha_{gk} h_g
+
+    With ``u = 0`` (the initialization) ``t_k`` is the mean over members, i.e. the pathway score.
+
+    Shapes
+    ------
+    - input ``H``: (G, B, F)
+    - output: (P, B, F)
+    """
+
+    def __init__(self, n_genes: int):
+        super().__init__()
+        self.gene_logits = nn.Parameter(torch.zeros(n_genes, 1))
+
+    def weights(self, membership: Tensor) -> Tensor:
+        """``α`` of shape (G, P); columns sum to 1 for non-empty sets."""
+        u = self.gene_logits - self.gene_logits.max()  # stable exp; the shift cancels in the ratio
+        e = membership * torch.exp(u)
+        return e / e.sum(0, keepdim=True).clamp_min(1e-12)
+
+    def forward(self, H: Tensor, membership: Tensor) -> Tensor:
+        G, B, Fd = H.shape
+        return (self.weights(membership).t() @ H.reshape(G, -1)).reshape(-1, B, Fd)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    r"""Multi-head self-attention that returns its weights (written out so it exports to ONNX).
+
+    .. math::
+
+        \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V, \quad Q, K, V = X W_Q, X W_K, X W_V
+
+    Shapes
+    ------
+    - input ``X``: (B, T, d_model)
+    - output: (B, T, d_model) and attention weights (B, n_heads, T, T), rows summing to 1
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        B, T, D = X.shape
+        q, k, v = self.qkv(X).reshape(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.d_head)), dim=-1)
+        y = (self.dropout(attn) @ v).transpose(1, 2).reshape(B, T, D)
+        return self.out(y), attn
+
+
+class TransformerEncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer``-style block (self-attention + GELU feed-forward, residuals and
+    LayerNorm, post-norm by default) that also returns the attention weights.
+
+    Shapes
+    ------
+    - input: (B, T, d_model)
+    - output: (B, T, d_model) and attention (B, n_heads, T, T)
+    """
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float = 0.1, norm_first: bool = False):
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(d_model, n_heads, dropout)
+        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        if self.norm_first:
+            a, w = self.attn(self.norm1(X))
+            X = X + self.drop1(a)
+            X = X + self.drop2(self.ff(self.norm2(X)))
+        else:
+            a, w = self.attn(X)
+            X = self.norm1(X + self.drop1(a))
+            X = self.norm2(X + self.drop2(self.ff(X)))
+        return X, w

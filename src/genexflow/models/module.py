@@ -1,0 +1,292 @@
+"""The pathway-aware network as a pure ``nn.Module`` (no data loading, no logging, no training loop).
+
+::
+
+    expression x (B, G) ──┬─ gene embedding (G,B,F) ─ GraphConv x L (shared Â) ─ per-gene readout (B,G)
+                          │                                  │                      └ MLP 512 -> 256 ─┐
+                          │        [x, H_L] (G,B,F+1) ───────┘                                        │
+                          │          └ PathwayPooling (P,B,F+1) ─ Linear ─ + pathway embedding        │
+                          │              └ [CLS; tokens] (B,P+1,d) ─ TransformerEncoder x 2 ─ CLS (B,d)┤
+                          └─ encoder (B,ae_hidden) ─ latent z (B,L) ─ decoder ─ reconstruction (B,G)    │
+                                                          └────────────────────────────────────────────┤
+    covariates c (B, C) ───────────────────────────────────────────────────────────────────────────────┤
+                                                              concat ─ Dense 128 ─ GELU ─ Dropout 0.3 ─ K
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from genexflow.errors import InputError
+from genexflow.models.config import PathwayNetConfig
+from genexflow.models.layers import (
+    EdgePropagation,
+    GraphConv,
+    MembershipPropagation,
+    PathwayPooling,
+    TransformerEncoderLayer,
+    make_propagation,
+)
+
+
+class PathwayNetOutput(NamedTuple):
+    """What :meth:`PathwayNet.forward` returns (``None`` for a disabled branch).
+
+    Attributes
+    ----------
+    logits : Tensor of shape (B, K)
+        Class logits, or (B, 1) predictions for regression.
+    reconstruction : Tensor of shape (B, G) or None
+    latent : Tensor of shape (B, L) or None
+        Autoencoder latent (the mean for a VAE): what monitoring tracks.
+    logvar : Tensor of shape (B, L) or None
+        VAE log-variance.
+    attention : Tensor of shape (B, n_layers, n_heads, P + 1, P + 1) or None
+        Self-attention weights per encoder layer; token 0 is the class token, token k + 1 pathway k.
+    """
+
+    logits: Tensor
+    reconstruction: Tensor | None
+    latent: Tensor | None
+    logvar: Tensor | None
+    attention: Tensor | None
+
+
+@dataclass
+class PathwayNetLoss:
+    """Loss of one batch: the total to back-propagate and its components (detached floats in ``metrics``)."""
+
+    total: Tensor
+    prediction: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class PathwayNet(nn.Module):
+    """GCN over genes + pathway-token transformer + autoencoder + covariates -> head.
+
+    Parameters
+    ----------
+    config : PathwayNetConfig
+        All sizes; ``n_genes`` / ``n_pathways`` must match ``membership``.
+    membership : ndarray of shape (G, P)
+        Gene x pathway 0/1 matrix (pathway tokens, and the co-membership graph).
+    graph : GeneGraph, optional
+        Gene graph for the GCN; default: co-membership of ``membership`` with ``1/|S_k|`` set weights.
+
+    Shapes
+    ------
+    - ``expression``: (B, G) float32, preprocessed, in the priors' gene order
+    - ``covariates``: (B, C) float32
+    - output: :class:`PathwayNetOutput`
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> M = (np.random.default_rng(0).random((50, 6)) < 0.3).astype(np.float32)
+    >>> net = PathwayNet(PathwayNetConfig(n_genes=50, n_pathways=6, n_covariates=2, n_outputs=3), M).eval()
+    >>> net(torch.randn(4, 50), torch.randn(4, 2)).logits.shape
+    torch.Size([4, 3])
+    """
+
+    def __init__(self, config: PathwayNetConfig, membership: np.ndarray, graph=None):
+        super().__init__()
+        from genexflow.priors.graph import GeneGraph, comembership_graph
+
+        M = np.asarray(membership, np.float32)
+        if M.shape != (config.n_genes, config.n_pathways):
+            raise InputError(f"membership has shape {M.shape}, config expects ({config.n_genes}, {config.n_pathways})")
+        rebuild = graph is _Placeholder
+        if rebuild:
+            graph = None
+        elif graph is None and config.graph_kind == "membership":
+            graph = comembership_graph(M, [str(i) for i in range(config.n_genes)])
+        elif graph is None and config.use_gcn:
+            raise InputError("config.graph_kind='edges' needs the edge-list GeneGraph (graph=...)")
+        if graph is not None:
+            if not isinstance(graph, GeneGraph) or graph.n_genes != config.n_genes:
+                raise InputError(f"graph must be a GeneGraph over the {config.n_genes} model genes")
+            if graph.kind != config.graph_kind:
+                raise InputError(f"config.graph_kind={config.graph_kind!r} but the graph is {graph.kind!r}")
+            if graph.kind == "edges":
+                config.n_edges = graph.n_edges
+        self.config = c = config
+        self.register_buffer("membership", torch.as_tensor(M))
+        if c.use_gcn:
+            # Rebuilt from a checkpoint: right-shaped placeholders that load_state_dict fills.
+            self.propagate = _empty_propagation(c) if rebuild else make_propagation(graph)
+            if isinstance(self.propagate, MembershipPropagation) and (
+                rebuild or np.array_equal(graph.membership, M)
+            ):
+                self.propagate.membership = self.membership  # one (G, P) tensor for tokens and graph
+
+        Fd = c.gcn_dim if c.use_gcn else 0
+        if c.use_gcn:
+            self.gene_scale = nn.Parameter(torch.randn(c.n_genes, 1, Fd) * 0.5)
+            self.gene_embed = nn.Parameter(torch.randn(c.n_genes, 1, Fd) * 0.1)
+            self.gcn = nn.ModuleList(GraphConv(Fd, c.gcn_dropout) for _ in range(c.gcn_layers))
+            self.gene_readout = nn.Linear(Fd, 1)
+            dims = (c.n_genes, *c.readout_dims)
+            layers: list[nn.Module] = []
+            for a, b in zip(dims[:-1], dims[1:], strict=True):
+                layers += [nn.Linear(a, b), nn.GELU(), nn.Dropout(c.gcn_dropout)]
+            self.readout = nn.Sequential(*layers)
+        if c.use_transformer:
+            self.pooling = PathwayPooling(c.n_genes)
+            self.token_proj = nn.Linear(Fd + 1, c.d_model)
+            self.pathway_embed = nn.Parameter(torch.randn(c.n_pathways, 1, c.d_model) * 0.02)
+            self.cls_token = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
+            self.encoder = nn.ModuleList(
+                TransformerEncoderLayer(c.d_model, c.n_heads, c.ff_dim, c.attn_dropout, c.norm_first)
+                for _ in range(c.transformer_layers)
+            )
+            self.final_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        if c.use_autoencoder:
+            self.encoder_ae = nn.Sequential(nn.Linear(c.n_genes, c.ae_hidden), nn.GELU())
+            self.mu = nn.Linear(c.ae_hidden, c.latent_dim)
+            if c.variational:
+                self.logvar = nn.Linear(c.ae_hidden, c.latent_dim)
+            self.decoder = nn.Sequential(nn.Linear(c.latent_dim, c.ae_hidden), nn.GELU(),
+                                         nn.Linear(c.ae_hidden, c.n_genes))
+        head_in = (
+            (c.readout_dims[-1] if c.use_gcn else 0)
+            + (c.d_model if c.use_transformer else 0)
+            + (c.latent_dim if c.use_autoencoder else 0)
+            + c.n_covariates
+        )
+        self.head = nn.Sequential(nn.Linear(head_in, c.head_hidden), nn.GELU(), nn.Dropout(c.head_dropout),
+                                  nn.Linear(c.head_hidden, c.n_outputs))
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_priors(cls, priors, n_covariates: int = 0, n_outputs: int = 2, **config) -> PathwayNet:
+        """Build from :class:`~genexflow.priors.GenePriors` (gene order, membership and graph)."""
+        cfg = PathwayNetConfig(n_genes=priors.n_genes, n_pathways=priors.n_pathways, n_covariates=n_covariates,
+                               n_outputs=n_outputs, graph_kind=priors.graph.kind,
+                               n_edges=priors.graph.n_edges if priors.graph.kind == "edges" else 0, **config)
+        return cls(cfg, priors.membership, priors.graph)
+
+    def save(self, path: str | Path) -> Path:
+        """Save config + state dict (buffers included) to one ``.pt`` file; :meth:`load` rebuilds it."""
+        path = Path(path)
+        torch.save({"config": self.config.to_dict(), "state_dict": self.state_dict()}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> PathwayNet:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        cfg = PathwayNetConfig.from_dict(blob["config"])
+        net = cls.__new__(cls)
+        cls.__init__(net, cfg, blob["state_dict"]["membership"].numpy(), graph=_Placeholder)
+        net.load_state_dict(blob["state_dict"])
+        return net
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, expression: Tensor, covariates: Tensor | None = None) -> PathwayNetOutput:
+        """Run all enabled branches.
+
+        Parameters
+        ----------
+        expression : Tensor of shape (B, G)
+        covariates : Tensor of shape (B, C), optional when C = 0
+        """
+        c = self.config
+        parts: list[Tensor] = []
+        H = None
+        attention = reconstruction = latent = logvar = None
+        x_gm = expression.t().unsqueeze(-1)  # (G, B, 1) gene-major
+        if c.use_gcn:
+            H = x_gm * self.gene_scale + self.gene_embed  # (G, B, F)
+            for layer in self.gcn:
+                H = layer(H, self.propagate)
+            gene_out = self.gene_readout(H).squeeze(-1).t()  # (B, G)
+            parts.append(self.readout(gene_out))
+        if c.use_transformer:
+            feats = x_gm if H is None else torch.cat([x_gm, H], dim=-1)  # (G, B, F+1)
+            tokens = self.token_proj(self.pooling(feats, self.membership)) + self.pathway_embed  # (P, B, d)
+            tokens = tokens.transpose(0, 1)  # (B, P, d)
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+            Z = torch.cat([cls, tokens], dim=1)  # (B, P+1, d)
+            weights = []
+            for layer in self.encoder:
+                Z, w = layer(Z)
+                weights.append(w)
+            attention = torch.stack(weights, dim=1)  # (B, L, heads, T, T)
+            parts.append(self.final_norm(Z[:, 0]))
+        if c.use_autoencoder:
+            h = self.encoder_ae(expression)
+            latent = self.mu(h)
+            z = latent
+            if c.variational:
+                logvar = self.logvar(h).clamp(-10.0, 10.0)
+                if self.training:
+                    z = latent + torch.randn_like(latent) * torch.exp(0.5 * logvar)
+            reconstruction = self.decoder(z)
+            parts.append(z)
+        if c.n_covariates:
+            if covariates is None:
+                raise InputError(f"the model expects {c.n_covariates} covariates; pass covariates (B, C)")
+            parts.append(covariates)
+        logits = self.head(torch.cat(parts, dim=1))
+        return PathwayNetOutput(logits, reconstruction, latent, logvar, attention)
+
+    # ------------------------------------------------------------------ loss and readouts
+    def loss(self, output: PathwayNetOutput, expression: Tensor, target: Tensor,
+             class_weight: Tensor | None = None) -> PathwayNetLoss:
+        """Prediction loss + ``recon_weight`` · MSE reconstruction + ``kl_weight`` · KL (VAE).
+
+        Parameters
+        ----------
+        output : PathwayNetOutput
+        expression : Tensor of shape (B, G)
+            The input, the reconstruction target.
+        target : Tensor of shape (B,)
+            Class indices (int64) or regression targets (float).
+        """
+        c = self.config
+        if c.task == "classification":
+            pred = F.cross_entropy(output.logits, target.long(), weight=class_weight)
+        else:
+            pred = F.mse_loss(output.logits.squeeze(-1), target.to(output.logits.dtype))
+        zero = output.logits.new_zeros(())
+        rec = F.mse_loss(output.reconstruction, expression) if output.reconstruction is not None else zero
+        kl = zero
+        if output.logvar is not None:
+            kl = (-0.5 * (1 + output.logvar - output.latent.pow(2) - output.logvar.exp()).sum(1)).mean()
+        total = pred + c.recon_weight * rec + c.kl_weight * kl
+        metrics = {"loss": float(total.detach()), "prediction_loss": float(pred.detach()),
+                   "reconstruction_loss": float(rec.detach()), "kl": float(kl.detach())}
+        if c.task == "classification":
+            metrics["accuracy"] = float((output.logits.argmax(1) == target).float().mean())
+        return PathwayNetLoss(total, pred, rec, kl, metrics)
+
+    def predict(self, output: PathwayNetOutput) -> Tensor:
+        """Probabilities (B, K) for classification, predictions (B, 1) for regression."""
+        return torch.softmax(output.logits, dim=-1) if self.config.task == "classification" else output.logits
+
+    @staticmethod
+    def pathway_attention(output: PathwayNetOutput) -> Tensor:
+        """Class-token attention over pathways, last layer, mean over heads: (B, P); rows sum to <= 1
+        (the remainder is the class token attending to itself)."""
+        if output.attention is None:
+            raise InputError("the transformer branch is disabled; no attention weights")
+        return output.attention[:, -1, :, 0, 1:].mean(1)
+
+
+class _Placeholder:  # marker: rebuild propagation buffers empty, load_state_dict fills them
+    pass
+
+
+def _empty_propagation(c: PathwayNetConfig) -> nn.Module:
+    G, P = c.n_genes, c.n_pathways
+    if c.graph_kind == "membership":
+        return MembershipPropagation(np.zeros((G, P)), np.zeros(P), np.zeros(G), np.zeros(G))
+    return EdgePropagation(np.zeros((2, c.n_edges), np.int64), np.zeros(c.n_edges), np.zeros(G))
