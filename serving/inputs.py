@@ -1,0 +1,82 @@
+"""Turn a user's expression table + sample sheet into the graph inputs of a serving artifact.
+
+Shared by the Triton client, the batch scorer, infra validation and the registry gate, so every path feeds
+the model identically: genes aligned by ID to the training order (absent genes -> NaN, filled inside the
+graph as training did; too many absent -> clear error), covariates encoded with the training encoding,
+batch labels mapped to training batch levels (-1 = unseen).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from genexflow.bundle import BundleInfo, align_genes, encode_covariates
+from genexflow.errors import InputError
+
+
+def build_inputs(info: BundleInfo, frame: pd.DataFrame, samples: pd.DataFrame | None, input_names: list[str],
+                 max_missing_fraction: float = 0.2) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Graph inputs for ``frame`` (samples x genes, columns = gene IDs).
+
+    Parameters
+    ----------
+    info : BundleInfo
+        The model's input contract.
+    frame : DataFrame of shape (n_samples, n_any_genes)
+        Raw expression, same value type as training; extra genes are ignored.
+    samples : DataFrame with n_samples rows, optional
+        Sample sheet in ``frame`` row order (covariate and batch columns). Needed when the graph has
+        ``covariates`` or ``batch_index`` inputs.
+    input_names : list of str
+        The graph's inputs (``expression`` and optionally ``covariates``, ``batch_index``).
+
+    Returns
+    -------
+    feeds : dict of name -> ndarray
+        ``expression`` float32 (n, G_in); ``covariates`` float32 (n, C); ``batch_index`` int64 (n,).
+    missing : list of str
+        Training genes absent from ``frame``.
+    """
+    X, missing = align_genes(frame, info.input_genes, max_missing_fraction)
+    if np.isinf(X).any():
+        rows = frame.index[np.isinf(X).any(axis=1)][:5].tolist()
+        raise InputError(f"expression has infinite values (samples {rows}); fix or drop them")
+    if info.value_type in ("counts", "tpm", "fpkm") and (np.nan_to_num(X) < 0).any():
+        rows = frame.index[(np.nan_to_num(X) < 0).any(axis=1)][:5].tolist()
+        raise InputError(f"expression has negative values for a {info.value_type} model (samples {rows}); "
+                         "send raw values in the value type the model was trained on")
+    feeds: dict[str, np.ndarray] = {"expression": X}
+    needs = [n for n in input_names if n in ("covariates", "batch_index")]
+    if needs and samples is None:
+        raise InputError(f"the model needs a sample sheet for {', '.join(needs)} "
+                         f"(columns: {', '.join(required_columns(info)) or 'none'}); pass --samples")
+    if samples is not None and len(samples) != len(frame):
+        raise InputError(f"sample sheet has {len(samples)} rows but the expression table has {len(frame)}")
+    if "covariates" in input_names:
+        feeds["covariates"] = encode_covariates(samples, info.covariates)
+    if "batch_index" in input_names:
+        feeds["batch_index"] = info.batch_index(samples)
+    unknown = set(input_names) - set(feeds)
+    if unknown:
+        raise InputError(f"the model expects inputs {sorted(unknown)} that genexflow does not know how to build")
+    return feeds, missing
+
+
+def required_columns(info: BundleInfo) -> list[str]:
+    """Sample-sheet columns a request needs (covariates, then the batch column)."""
+    cols = [c.name for c in info.covariates]
+    if info.batch_column:
+        cols.append(info.batch_column)
+    return cols
+
+
+def output_frame(info: BundleInfo, outputs: dict[str, np.ndarray], sample_ids: pd.Index | list) -> pd.DataFrame:
+    """Predictions table: one row per sample, ``prediction`` (label or value) + per-class probabilities."""
+    idx = pd.Index(list(map(str, sample_ids)), name="sample_id")
+    if "probabilities" in outputs:
+        p = outputs["probabilities"]
+        df = pd.DataFrame(p, index=idx, columns=[f"p_{c}" for c in info.class_names])
+        df.insert(0, "prediction", np.asarray(info.class_names, dtype=object)[p.argmax(axis=1)])
+        return df
+    return pd.DataFrame({"prediction": outputs["prediction"][:, 0]}, index=idx)

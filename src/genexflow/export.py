@@ -1,0 +1,370 @@
+"""Export one serving artifact: fitted preprocessing + model (+ softmax) as ONE ONNX graph, with a JSON sidecar.
+
+The graph takes what a client has, never what the model sees::
+
+    expression   float32 (B, G_in)  RAW values in the training gene order (``BundleInfo.input_genes``),
+                                    same value type as training; NaN marks an absent gene (filled inside)
+    covariates   float32 (B, C)     encoded with ``bundle.encode_covariates`` (only when C > 0)
+    batch_index  int64   (B,)       ``BundleInfo.batch_index`` (-1 = unseen batch; only when the
+                                    preprocessing corrects batches)
+    ->
+    probabilities float32 (B, K)    classification (softmax over ``class_names``), or
+    prediction    float32 (B, 1)    regression
+    latent        float32 (B, L)    optional (``include_latent=True``)
+
+The batch axis is dynamic. The sidecar ``model.json`` next to ``model.onnx`` carries the input contract
+(:class:`~genexflow.bundle.BundleInfo`: gene order, value type, label names, covariate encoding, batch
+levels), the ONNX input/output specs and the sha256 of the exact ONNX bytes; the registry copies it into
+the MLflow model signature/metadata, the Triton repository builder derives ``config.pbtxt`` from it, and
+clients use it to build requests.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genexflow.bundle import BundleInfo
+from genexflow.errors import InputError
+
+SIDECAR_NAME = "model.json"
+ONNX_NAME = "model.onnx"
+SIDECAR_FORMAT = "genexflow-serving/1"
+
+_ONNX_DTYPES = {1: "float32", 7: "int64", 11: "float64", 6: "int32", 10: "float16"}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class TensorSpec:
+    """One graph input or output. ``shape`` uses -1 for dynamic axes (the batch axis is always -1)."""
+
+    name: str
+    dtype: str  # numpy dtype name: float32 | int64
+    shape: list[int]
+
+
+@dataclass
+class ServingArtifact:
+    """What :func:`export_onnx_artifact` wrote: the graph, its sidecar and their contract."""
+
+    onnx_path: Path
+    sidecar_path: Path
+    sha256: str
+    info: BundleInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.onnx_path.parent
+
+    def sidecar(self) -> dict[str, Any]:
+        return json.loads(self.sidecar_path.read_text())
+
+
+def onnx_io(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec], int]:
+    """Inputs, outputs and default-domain opset of an ONNX file (shapes: -1 for symbolic dims)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        return TensorSpec(v.name, _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), dims)
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [spec(v) for v in model.graph.input if v.name not in inits]
+    outputs = [spec(v) for v in model.graph.output]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return inputs, outputs, opset
+
+
+class ServingModule:
+    """Factory for the end-to-end ``nn.Module`` (kept as a function so torch is imported lazily)."""
+
+    @staticmethod
+    def build(preprocess: Any, model: Any, task: str, *, use_covariates: bool, use_batch: bool,
+              preprocess_takes_covariates: bool = False, include_latent: bool = False) -> Any:
+        """Wrap ``preprocess`` (raw (B, G_in) [+ batch (B,)] [+ covariates] -> (B, G_out)) and ``model``
+        (``model(x, covariates)`` -> logits, or a tuple/dict/dataclass carrying ``logits`` and ``latent``).
+
+        The wrapped module's ``forward`` takes only the inputs the graph needs, in the order
+        expression, covariates, batch_index.
+        """
+        import torch
+
+        class _Serving(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.preprocess = preprocess
+                self.model = model
+
+            def _run(self, expression, covariates, batch_index):
+                x = expression
+                if self.preprocess is not None:
+                    args = [expression]
+                    if use_batch:
+                        args.append(batch_index)
+                    if preprocess_takes_covariates:
+                        args.append(covariates)
+                    x = self.preprocess(*args)
+                out = self.model(x, covariates)
+                logits, latent = _split_output(out)
+                if task == "classification":
+                    y = torch.softmax(logits, dim=-1)
+                else:
+                    y = logits.reshape(logits.shape[0], -1)[:, :1]
+                if include_latent:
+                    return y, latent
+                return y
+
+        # Distinct forward signatures so the exported graph has exactly the inputs it uses.
+        if use_covariates and use_batch:
+            class M(_Serving):
+                def forward(self, expression, covariates, batch_index):
+                    return self._run(expression, covariates, batch_index)
+        elif use_covariates:
+            class M(_Serving):
+                def forward(self, expression, covariates):
+                    return self._run(expression, covariates, None)
+        elif use_batch:
+            class M(_Serving):
+                def forward(self, expression, batch_index):
+                    return self._run(expression, _empty_cov(expression), batch_index)
+        else:
+            class M(_Serving):
+                def forward(self, expression):
+                    return self._run(expression, _empty_cov(expression), None)
+        return M().eval()
+
+
+def _empty_cov(expression):
+    return expression[:, :0]
+
+
+def _split_output(out: Any) -> tuple[Any, Any]:
+    """(logits, latent) from a tensor, tuple, dict or dataclass model output."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out, None
+    if isinstance(out, dict):
+        return out.get("logits", out.get("output")), out.get("latent", out.get("z"))
+    if isinstance(out, (tuple, list)):
+        return out[0], (out[1] if len(out) > 1 else None)
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = out.output
+    return logits, getattr(out, "latent", None)
+
+
+def export_onnx_artifact(
+    module: Any,
+    info: BundleInfo,
+    out_dir: str | Path,
+    *,
+    use_covariates: bool | None = None,
+    use_batch: bool | None = None,
+    include_latent: bool = False,
+    preprocessing_meta: dict[str, Any] | None = None,
+    example: dict[str, np.ndarray] | None = None,
+    opset: int = 17,
+    atol: float = 1e-4,
+) -> ServingArtifact:
+    """Export an end-to-end serving ``module`` to ``out_dir/model.onnx`` + ``out_dir/model.json``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        ``forward(expression[, covariates][, batch_index])`` in that order (see :meth:`ServingModule.build`).
+    info : BundleInfo
+        The input contract; ``len(info.input_genes)`` is G_in, ``info.n_covariates`` is C.
+    use_covariates, use_batch : bool, optional
+        Which optional inputs ``module.forward`` takes (default: C > 0; ``info.batch_column`` is set).
+    example : dict of name -> ndarray, optional
+        Inputs used for tracing and for the torch-vs-onnxruntime check (default: 8 random rows).
+    atol : float
+        Max abs difference allowed between torch and onnxruntime on ``example`` (raises otherwise).
+
+    Returns
+    -------
+    ServingArtifact
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    use_covariates = info.n_covariates > 0 if use_covariates is None else use_covariates
+    use_batch = bool(info.batch_column) if use_batch is None else use_batch
+    names = ["expression"] + (["covariates"] if use_covariates else []) + (["batch_index"] if use_batch else [])
+    out_name = "probabilities" if info.task == "classification" else "prediction"
+    out_names = [out_name] + (["latent"] if include_latent else [])
+    if example is None:
+        example = example_inputs(info, 8, use_covariates=use_covariates, use_batch=use_batch)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
+    module = module.eval()
+    onnx_path = out_dir / ONNX_NAME
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(onnx_path), input_names=names, output_names=out_names,
+            dynamic_axes={n: {0: "batch"} for n in names + out_names}, opset_version=opset,
+            dynamo=False, do_constant_folding=True,
+        )
+        expected = module(*args)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    got = run_onnx(onnx_path, {n: example[n] for n in names})
+    for name, e in zip(out_names, expected, strict=True):
+        diff = float(np.nanmax(np.abs(e.numpy() - got[name]))) if e.numel() else 0.0
+        if not diff <= atol:
+            raise InputError(f"ONNX export of {name!r} disagrees with torch (max abs diff {diff:.3g} > {atol})")
+    inputs, outputs, opset_used = onnx_io(onnx_path)
+    if [i.name for i in inputs] != names:
+        raise InputError(f"exported graph has inputs {[i.name for i in inputs]}, expected {names}: "
+                         "an input is unused by the module (check use_covariates/use_batch)")
+    artifact = ServingArtifact(
+        onnx_path=onnx_path, sidecar_path=out_dir / SIDECAR_NAME, sha256=sha256_file(onnx_path), info=info,
+        inputs=inputs, outputs=outputs, opset=opset_used, preprocessing=preprocessing_meta or {},
+    )
+    write_sidecar(artifact)
+    return artifact
+
+
+def example_inputs(info: BundleInfo, n: int, *, use_covariates: bool = True, use_batch: bool = True,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Plausible random inputs of the right shapes/dtypes (positive values: counts-like or log-like)."""
+    rng = np.random.default_rng(seed)
+    g = len(info.input_genes)
+    if info.value_type == "counts":
+        x = rng.poisson(20.0, size=(n, g)).astype(np.float32)
+    else:
+        x = rng.gamma(2.0, 2.0, size=(n, g)).astype(np.float32)
+    feeds = {"expression": x}
+    if use_covariates:
+        feeds["covariates"] = rng.normal(size=(n, info.n_covariates)).astype(np.float32)
+    if use_batch:
+        levels = max(1, len(info.batch_levels))
+        feeds["batch_index"] = rng.integers(0, levels, size=n).astype(np.int64)
+    return feeds
+
+
+def write_sidecar(artifact: ServingArtifact) -> Path:
+    from genexflow import __version__
+
+    doc = {
+        "format": SIDECAR_FORMAT,
+        "onnx": {
+            "file": artifact.onnx_path.name, "sha256": artifact.sha256, "opset": artifact.opset,
+            "inputs": [asdict(s) for s in artifact.inputs], "outputs": [asdict(s) for s in artifact.outputs],
+        },
+        "bundle": json.loads(artifact.info.to_json()),
+        "preprocessing": artifact.preprocessing,
+        "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "genexflow_version": __version__,
+    }
+    artifact.sidecar_path.write_text(json.dumps(doc, indent=1, default=str))
+    return artifact.sidecar_path
+
+
+def load_artifact(folder: str | Path, verify: bool = True) -> ServingArtifact:
+    """Read ``model.onnx`` + ``model.json`` from ``folder``; with ``verify`` refuse a sha256 mismatch."""
+    folder = Path(folder)
+    side = folder / SIDECAR_NAME
+    if not side.exists() or not (folder / ONNX_NAME).exists():
+        raise InputError(f"{folder}: not a genexflow serving artifact (needs {ONNX_NAME} and {SIDECAR_NAME}); "
+                         "create one with `genexflow export`")
+    doc = json.loads(side.read_text())
+    if doc.get("format") != SIDECAR_FORMAT:
+        raise InputError(f"{side}: unknown sidecar format {doc.get('format')!r}")
+    onnx_path = folder / doc["onnx"]["file"]
+    sha = doc["onnx"]["sha256"]
+    if verify:
+        actual = sha256_file(onnx_path)
+        if actual != sha:
+            raise InputError(f"{onnx_path}: sha256 {actual[:12]}… differs from its sidecar ({sha[:12]}…); "
+                             "the artifact was modified after export")
+    b = dict(doc["bundle"])
+    info = BundleInfo.from_json(json.dumps(b))
+    return ServingArtifact(
+        onnx_path=onnx_path, sidecar_path=side, sha256=sha, info=info,
+        inputs=[TensorSpec(**s) for s in doc["onnx"]["inputs"]],
+        outputs=[TensorSpec(**s) for s in doc["onnx"]["outputs"]],
+        opset=int(doc["onnx"].get("opset", 0)), preprocessing=doc.get("preprocessing", {}),
+    )
+
+
+def run_onnx(path: str | Path, feeds: dict[str, np.ndarray], threads: int = 1) -> dict[str, np.ndarray]:
+    """One onnxruntime run (CPU); returns ``{output name: array}``."""
+    sess = ort_session(path, threads)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def ort_session(path: str | Path, threads: int = 1) -> Any:
+    """An onnxruntime CPU session with a fixed thread count (predictable on shared machines)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, include_latent: bool = False,
+                  opset: int = 17) -> ServingArtifact:
+    """Export a trained model bundle (``genexflow.bundle``) to ``out_dir`` (default: the bundle folder).
+
+    Builds ``PreprocessingPipeline.to_torch()`` + the model from ``model.pt`` and exports them as one graph.
+    """
+    from genexflow.bundle import load_bundle
+
+    info, pre, state = load_bundle(bundle_dir)
+    model = _model_from_state(state)
+    pre_module = pre.to_torch() if pre is not None else None
+    takes_cov = bool(getattr(pre_module, "takes_covariates", False))
+    use_batch = bool(info.batch_column) and bool(getattr(pre_module, "takes_batch", True))
+    module = ServingModule.build(
+        pre_module, model, info.task, use_covariates=info.n_covariates > 0 or takes_cov, use_batch=use_batch,
+        preprocess_takes_covariates=takes_cov, include_latent=include_latent,
+    )
+    meta = {"pipeline": repr(pre)} if pre is not None else {}
+    describe = getattr(pre, "describe", None)
+    if callable(describe):
+        meta = describe()
+    return export_onnx_artifact(
+        module, info, out_dir or bundle_dir, use_covariates=info.n_covariates > 0 or takes_cov,
+        use_batch=use_batch, include_latent=include_latent, preprocessing_meta=meta, opset=opset,
+    )
+
+
+def _model_from_state(state: dict) -> Any:
+    """Rebuild the trained ``nn.Module`` from ``model.pt`` contents."""
+    from genexflow import models
+
+    build = getattr(models, "model_from_state", None)
+    if callable(build):
+        return build(state).eval()
+    net = models.PathwayNet.from_state(state) if hasattr(models.PathwayNet, "from_state") else None
+    if net is None:
+        raise InputError("cannot rebuild the model from model.pt: genexflow.models has no model_from_state")
+    return net.eval()
