@@ -39,9 +39,13 @@ class SimulationTruth:
     age_genes: list[str] = field(default_factory=list)
     sex_genes: list[str] = field(default_factory=list)
     batch_names: list[str] = field(default_factory=list)
+    activities: np.ndarray | None = None  # (n_samples, n_pathways) true pathway activities
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.activities is not None:
+            d["activities"] = np.round(self.activities, 4).tolist()
+        return d
 
     def write_gmt(self, path: str | Path) -> Path:
         path = Path(path)
@@ -136,8 +140,10 @@ def simulate_cohort(
     genes: list[str] = []
     seen: set[str] = set()
     budget = int(n_genes * 0.6)
+    per_pathway = max(10, budget // n_pathways)  # a sample of each pathway, so small cohorts get many
     for pw in chosen:
-        for g in kegg[pw]:
+        members = list(rng.permutation(kegg[pw]))[:per_pathway]
+        for g in members:
             if g not in seen and len(genes) < budget:
                 seen.add(g)
                 genes.append(g)
@@ -145,7 +151,7 @@ def simulate_cohort(
     rng.shuffle(pool)
     genes += pool[: n_genes - len(genes)]
     genes += [f"SIMG{i:05d}" for i in range(n_genes - len(genes))]
-    genes = list(np.array(genes)[rng.permutation(n_genes)])
+    genes = [str(g) for g in np.array(genes)[rng.permutation(n_genes)]]
     gpos = {g: i for i, g in enumerate(genes)}
     pathways = {}
     for pw in chosen:
@@ -156,16 +162,22 @@ def simulate_cohort(
             break
     if len(pathways) < n_informative:
         raise InputError(f"only {len(pathways)} pathways fit {n_genes} genes; simulate more genes")
-    pw_names = list(pathways)
+    pw_names = [str(p) for p in pathways]
+    pathways = {str(k): [str(g) for g in v] for k, v in pathways.items()}
     P = len(pw_names)
 
     # ---- pathway programs
+    # The informative pathways are the largest ones (their programs are measured by the most genes);
+    # the others are background programs with weaker activity.
+    pw_names = sorted(pw_names, key=lambda p: -len(pathways[p]))
     A = rng.normal(size=(n_samples, P))  # activity of each pathway in each sample
+    A[:, n_informative:] *= 0.6
     W = np.zeros((n_genes, P))
     for k, pw in enumerate(pw_names):
         idx = [gpos[g] for g in pathways[pw]]
-        W[idx, k] = rng.normal(0.8, 0.25, size=len(idx)) * rng.choice([1, -1], size=len(idx), p=[0.8, 0.2])
+        W[idx, k] = rng.normal(1.0, 0.25, size=len(idx)) * rng.choice([1, -1], size=len(idx), p=[0.9, 0.1])
     informative = pw_names[:n_informative]
+    pathways = {p: pathways[p] for p in pw_names}
     a = A[:, :n_informative]
 
     # Non-additive: class 1 vs 0 by the sign of a0*a1 (an XOR), further classes by additive pathways.
@@ -173,7 +185,7 @@ def simulate_cohort(
     logits[:, 1] = 3.0 * a[:, 0] * a[:, 1]
     for c in range(2, n_classes):
         logits[:, c] = 2.5 * a[:, 2 + (c - 2) % (n_informative - 2)] - 1.0
-    logits += rng.gumbel(size=logits.shape) * 0.5
+    logits += rng.gumbel(size=logits.shape) * 0.3
     y = logits.argmax(1)
     class_names = [f"subtype_{chr(65 + c)}" for c in range(n_classes)]
     target = 1.2 * a[:, 0] * a[:, 1] + 1.0 * a[:, 2] + 0.6 * np.tanh(2 * a[:, -1]) + rng.normal(0, 0.3, n_samples)
@@ -234,6 +246,7 @@ def simulate_cohort(
         interaction=f"class {class_names[1]} vs {class_names[0]}: sign({informative[0]} x {informative[1]})",
         pathways=pathways, class_names=class_names,
         age_genes=[genes[i] for i in age_idx], sex_genes=[genes[i] for i in sex_idx], batch_names=labels,
+        activities=A,
     )
     cohort = Cohort(
         X=X, genes=genes, samples=sheet, value_type=vt, name=name or f"simulated_seed{seed}",
