@@ -127,7 +127,7 @@ class ServingModule:
                     if preprocess_takes_covariates:
                         args.append(covariates)
                     x = self.preprocess(*args)
-                out = self.model(x, covariates)
+                out = self.model(x, covariates if use_covariates else None)
                 logits, latent = _split_output(out)
                 if task == "classification":
                     y = torch.softmax(logits, dim=-1)
@@ -358,13 +358,14 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
 
 
 def _model_from_state(state: dict) -> Any:
-    """Rebuild the trained ``nn.Module`` from ``model.pt`` contents."""
-    from genexflow import models
+    """Rebuild the trained ``PathwayNet`` from ``model.pt`` contents (``{"config", "state_dict", ...}``)."""
+    import io
 
-    build = getattr(models, "model_from_state", None)
-    if callable(build):
-        return build(state).eval()
-    net = models.PathwayNet.from_state(state) if hasattr(models.PathwayNet, "from_state") else None
-    if net is None:
-        raise InputError("cannot rebuild the model from model.pt: genexflow.models has no model_from_state")
-    return net.eval()
+    import torch
+
+    from genexflow.models import PathwayNet
+
+    buf = io.BytesIO()
+    torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
+    buf.seek(0)
+    return PathwayNet.load(buf).eval()
