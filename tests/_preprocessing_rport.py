@@ -214,3 +214,143 @@ def r_filter_by_expr(y, group=None, lib_size=None, min_count=10, min_total_count
     keep_cpm = (cpm >= cutoff).sum(1) >= (min_n - tol)
     keep_total = y.sum(1) >= min_total_count - tol
     return keep_cpm & keep_total
+
+
+# ----------------------------------------------------------------------------- impute::impute.knn
+def r_impute_knn(data, k=10, rowmax=0.5, colmax=0.8, maxp=1500, rng_seed=362436069):
+    """``impute.knn(data, ...)$data``; data is genes x samples with NaN. Loops as in knnimpute.f."""
+    from genexflow.preprocessing._rrng import RRandom  # R's RNG (checked separately against R values)
+
+    rng = RRandom(rng_seed)
+    x = np.array(data, float)
+    p, n = x.shape
+    col_nas = np.isnan(x).sum(0)
+    if np.any(col_nas > colmax * p):
+        raise ValueError("a column has too many missing values")
+    imiss = np.isnan(x).astype(int)
+    x[imiss == 1] = 0
+    irmiss = imiss.sum(1)
+    imax = int(np.trunc(rowmax * n))
+    omit = irmiss > imax
+    xomit, imiss_omit = x[omit], imiss[omit]
+    x, imiss, irmiss = x[~omit], imiss[~omit], irmiss[~omit]
+
+    def misdis(x0, im0, X, IM):
+        P = X.shape[0]
+        dis = np.zeros(P)
+        cnt = np.zeros(P, int)
+        for kk in range(n):
+            if im0[kk] > 0:
+                continue
+            for j in range(P):
+                if IM[j, kk] > 0:
+                    continue
+                dis[j] += (x0[kk] - X[j, kk]) ** 2
+                cnt[j] += 1
+        return np.where(cnt > 0, dis / np.maximum(cnt, 1), 1e10)
+
+    def porder(kn, dist):
+        nndist, pos = [], []
+        for j in range(len(dist)):
+            for kk in range(len(nndist)):
+                if dist[j] < nndist[kk]:
+                    nndist.insert(kk, dist[j])
+                    pos.insert(kk, j)
+                    break
+            else:
+                nndist.append(dist[j])
+                pos.append(j)
+            del nndist[kn:], pos[kn:]
+        return pos
+
+    def misave(X, im0, IM, index):
+        x0 = np.zeros(n)
+        im0 = im0.copy()
+        for kk in range(n):
+            if im0[kk] == 0:
+                continue
+            tot, ktot = 0.0, 0
+            for jj in index:
+                if IM[jj, kk] > 0:
+                    continue
+                tot += X[jj, kk]
+                ktot += 1
+            if ktot > 0:
+                x0[kk] = tot / ktot
+            else:
+                im0[kk] = 2
+        return x0, im0
+
+    def knnimp_fortran(X, IM, IR):
+        X = X.copy()
+        IM = IM.copy()
+        ximp = X.copy()
+        for i in range(X.shape[0]):
+            if IR[i] == 0:
+                continue
+            dist = misdis(X[i], IM[i], X, IM)
+            pos = porder(k + 1, dist)
+            workn, iworkn = misave(X, IM[i], IM, pos[1:])
+            for kk in range(n):
+                if iworkn[kk] == 0:
+                    continue
+                ximp[i, kk] = workn[kk]
+                if iworkn[kk] == 2:
+                    IM[i, kk] = 2
+        ximp[IM == 2] = np.nan
+        return ximp
+
+    def twomis(X, starters, maxit=5, eps=1e-3):
+        IM = np.zeros_like(X, dtype=int)  # twomeans.miss(x) sees the zero-filled x: nothing is missing
+        P = X.shape[0]
+        x0 = [X[starters[0]].copy(), X[starters[1]].copy()]
+        im0 = [IM[starters[0]].copy(), IM[starters[1]].copy()]
+        it, ratio, dold = 0, 10.0, 0.0
+        clus = np.ones(P, int)
+        while it < maxit and ratio > eps:
+            it += 1
+            d = [misdis(x0[0], im0[0], X, IM), misdis(x0[1], im0[1], X, IM)]
+            dnew = 0.0
+            members = [[], []]
+            for j in range(P):
+                c = 0 if d[0][j] < d[1][j] else 1
+                members[c].append(j)
+                dnew += d[c][j]
+            clus = np.array([1 if j in set(members[0]) else 2 for j in range(P)])
+            if dnew == 0:
+                break
+            if it == 1:
+                dold = dnew * 10
+            ratio = abs(dnew - dold) / dold
+            dold = dnew
+            for c in range(2):
+                xc, ic = misave(X, np.ones(n, int), IM, members[c])
+                x0[c] = xc
+                im0[c] = (ic == 2).astype(int)
+        return clus
+
+    def internal(X, IM, IR):
+        if X.shape[0] <= maxp:
+            return knnimp_fortran(X, IM, IR)
+        return split(X, IM, IR)
+
+    def split(X, IM, IR):
+        X = X.copy()
+        starters = [s - 1 for s in rng.sample(X.shape[0], 2)]
+        clus = twomis(X, starters)
+        for c in (1, 2):
+            index = clus == c
+            if index.sum() <= k:
+                continue  # meanimp(x[index, ]) on zero-filled data: no NA, nothing changes
+            X[index] = internal(X[index], IM[index], IR[index])
+        return X
+
+    ximp = internal(x, imiss, irmiss)
+    xbar = np.array([x[imiss[:, kk] == 0, kk].mean() for kk in range(n)])
+    newmiss = np.isnan(ximp)
+    ximp[newmiss] = np.broadcast_to(xbar, ximp.shape)[newmiss]
+    xomit[imiss_omit == 1] = np.broadcast_to(xbar, xomit.shape)[imiss_omit == 1]
+    out = np.zeros((p, n))
+    out[~omit] = ximp
+    out[omit] = xomit
+    return out
