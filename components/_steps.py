@@ -1,0 +1,134 @@
+"""Plain functions behind the components that have no library counterpart (sharding, merging, recording a
+run outcome, turning metric dicts into KFP metrics). Components import them inside their bodies; tests
+call them directly on tiny files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genexflow.errors import InputError
+
+MANIFEST = "manifest.csv"
+PREDICTIONS = "predictions.csv"
+
+
+def shard_step(cohort_dir: str | Path, n_shards: int, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Split a cohort folder into at most ``n_shards`` contiguous, non-empty shards.
+
+    Writes ``out_dir/shard-00000/`` ... (cohort folders) and ``out_dir/manifest.csv`` (sample_id, shard) so
+    the merge can prove that nothing was lost or duplicated. Returns the ParallelFor items.
+    """
+    from genexflow.cohort import Cohort
+
+    if n_shards < 1:
+        raise InputError(f"n_shards must be >= 1 (got {n_shards})")
+    cohort = Cohort.read(cohort_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = cohort.n_samples
+    if n == 0:
+        raise InputError(f"{cohort_dir}: the cohort has no samples to score")
+    k = min(n_shards, n)
+    bounds = np.linspace(0, n, k + 1).round().astype(int)
+    items, rows = [], []
+    for i in range(k):
+        idx = np.arange(bounds[i], bounds[i + 1])
+        name = f"shard-{i:05d}"
+        cohort.subset(samples=idx).write(out / name)
+        items.append({"index": i, "name": name, "n_samples": int(len(idx))})
+        rows.append(pd.DataFrame({"sample_id": cohort.sample_ids[idx].astype(str), "shard": i}))
+    pd.concat(rows).to_csv(out / MANIFEST, index=False)
+    return items
+
+
+def shard_path(shards_dir: str | Path, shard: dict[str, Any]) -> Path:
+    """Folder of one shard item returned by :func:`shard_step`."""
+    path = Path(shards_dir) / str(shard["name"])
+    if not path.is_dir():
+        raise InputError(f"shard {shard.get('name')!r} not found under {shards_dir}")
+    return path
+
+
+def write_predictions(frame: pd.DataFrame, out: str | Path) -> Path:
+    """Write a predictions table (index = sample_id) as ``out/predictions.csv``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.index.name = "sample_id"
+    frame.to_csv(out / PREDICTIONS)
+    return out / PREDICTIONS
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    f = path / PREDICTIONS if path.is_dir() else path
+    return pd.read_csv(f, index_col="sample_id", dtype={"sample_id": str})
+
+
+def merge_step(parts: list[str | Path], shards_dir: str | Path, out_dir: str | Path) -> int:
+    """Concatenate scored shards in manifest order; refuses a missing, extra or duplicated sample."""
+    manifest = pd.read_csv(Path(shards_dir) / MANIFEST, dtype={"sample_id": str})
+    frames = [read_predictions(p) for p in parts]
+    merged = pd.concat(frames) if frames else pd.DataFrame()
+    dup = merged.index[merged.index.duplicated()].unique()
+    if len(dup):
+        raise InputError(f"{len(dup)} sample(s) scored more than once (e.g. {', '.join(map(str, dup[:5]))})")
+    expected = pd.Index(manifest["sample_id"])
+    missing = expected.difference(merged.index)
+    extra = merged.index.difference(expected)
+    if len(missing) or len(extra):
+        raise InputError(f"merge does not match the manifest: {len(missing)} sample(s) missing "
+                         f"({', '.join(map(str, missing[:5]))}), {len(extra)} unexpected")
+    write_predictions(merged.loc[expected], out_dir)
+    return len(expected)
+
+
+def log_metrics(metrics_artifact: Any, values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Log the finite scalar entries of ``values`` (nested dicts flattened with '.') to a KFP ``Metrics``."""
+    logged: dict[str, float] = {}
+
+    def walk(d: dict, pre: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{pre}{k}.")
+            elif isinstance(v, bool | int | float | np.integer | np.floating) and math.isfinite(float(v)):
+                logged[f"{pre}{k}"] = float(v)
+
+    walk(values, prefix)
+    for k, v in logged.items():
+        metrics_artifact.log_metric(k, v)
+    return logged
+
+
+def record_outcome(state: str, error: str, pipeline_job: str, out: str | Path, *, tracking_uri: str = "",
+                   experiment: str = "", model_name: str = "", extra: dict | None = None) -> dict[str, Any]:
+    """Record how a pipeline run ended: ``out`` (JSON) and, when MLflow is configured, a tag
+    ``genexflow.pipeline_outcome`` on every MLflow run of this pipeline job (tagged
+    ``genexflow.pipeline_job`` by the train step)."""
+    import datetime as dt
+
+    record = {"pipeline_job": pipeline_job, "state": state, "error": error or None, "model_name": model_name,
+              "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **(extra or {})}
+    tagged: list[str] = []
+    if tracking_uri or experiment:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri or None)
+        exp = client.get_experiment_by_name(experiment) if experiment else None
+        if exp is not None:
+            runs = client.search_runs([exp.experiment_id],
+                                      filter_string=f"tags.`genexflow.pipeline_job` = '{pipeline_job}'")
+            for r in runs:
+                client.set_tag(r.info.run_id, "genexflow.pipeline_outcome", state)
+                if error:
+                    client.set_tag(r.info.run_id, "genexflow.pipeline_error", error[:5000])
+                tagged.append(r.info.run_id)
+    record["mlflow_runs"] = tagged
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=1))
+    return record

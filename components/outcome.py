@@ -1,0 +1,25 @@
+"""The exit-handler component: record how a pipeline run ended, whatever happened inside it."""
+
+# no `from __future__ import annotations`: KFP reads the real annotation objects
+from genexflow.components._base import component
+from kfp import dsl
+from kfp.dsl import Artifact, Output
+
+
+@component
+def record_outcome(
+    status: dsl.PipelineTaskFinalStatus,
+    pipeline_job: str,
+    outcome: Output[Artifact],
+    mlflow_tracking_uri: str = "",
+    experiment_name: str = "",
+    model_name: str = "",
+) -> str:
+    """Write the run's final state (and error) as JSON and tag this job's MLflow runs with it."""
+    from genexflow.components._steps import record_outcome as record
+
+    error = (status.error_message or "") if status.state != "SUCCEEDED" else ""
+    rec = record(status.state, error, pipeline_job, outcome.path, tracking_uri=mlflow_tracking_uri,
+                 experiment=experiment_name, model_name=model_name)
+    outcome.metadata.update({"state": rec["state"], "mlflow_runs": len(rec["mlflow_runs"])})
+    return status.state

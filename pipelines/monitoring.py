@@ -1,0 +1,77 @@
+"""The monitoring pipeline: check a new cohort for drift against the served model; retrain on drift.
+
+::
+
+    ingest + validate the new cohort -> drift check vs the champion's reference profile
+      -> dsl.If(drift): retrain
+           portable / local: the training pipeline runs nested inside this run (same DAG engine, so a
+                             laptop runs exactly what the cluster would)
+           cluster:          trigger_retrain submits a separate training run to the KFP endpoint, so the
+                             retraining shows up as its own run with its own lineage
+
+Scheduled with ``genexflow pipeline schedule --cron`` as a KFP recurring run.
+"""
+
+# no `from __future__ import annotations`: KFP reads the real annotation objects
+from typing import Any
+
+from genexflow.components.data import ingest_validate
+from genexflow.components.monitoring import drift_check, trigger_retrain
+from genexflow.pipelines import training
+from genexflow.pipelines.kubernetes import Platform
+from kfp import dsl
+
+NAME = "genexflow-monitoring"
+
+
+def build(platform: Platform | None = None) -> Any:
+    """Build the monitoring pipeline (nested retraining, or a KFP-client retraining run on a cluster)."""
+    platform = platform or Platform()
+    training_pipeline = None if platform.cluster else training.build(platform)
+
+    @dsl.pipeline(name=NAME, description="Drift check of a new cohort against the served model; retrain "
+                  "on drift.")
+    def monitoring_pipeline(
+        expression_uri: str,
+        samples_uri: str,
+        label_column: str,
+        value_type: str = "auto",
+        batch_column: str = "",
+        covariates: list = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
+        model_name: str = "genexflow",
+        alias: str = "champion",
+        experiment_name: str = "genexflow",
+        mlflow_tracking_uri: str = "",
+        quarantine_root: str = "/data/quarantine",
+        train_config: dict = {},  # noqa: B006
+        hpo_trials: int = 0,
+        triton_repository: str = "/data/triton/models",
+        triton_url: str = "",
+        kfp_host: str = "",
+    ):
+        ing = ingest_validate(expression_uri=expression_uri, samples_uri=samples_uri, label_column="",
+                              value_type=value_type, batch_column=batch_column, covariates=covariates,
+                              quarantine_root=quarantine_root, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+        platform(ing, "data").set_display_name("ingest + validate new cohort").set_caching_options(False)
+        dc = drift_check(cohort=ing.outputs["cohort"], model_name=model_name, alias=alias,
+                         mlflow_tracking_uri=mlflow_tracking_uri)
+        platform(dc, "data", "mlflow").set_display_name("drift check").set_caching_options(False)
+        with dsl.If(dc.outputs["drift"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
+            args = dict(expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
+                        value_type=value_type, batch_column=batch_column, covariates=covariates,
+                        quarantine_root=quarantine_root, model_name=model_name, experiment_name=experiment_name,
+                        mlflow_tracking_uri=mlflow_tracking_uri, train_config=train_config,
+                        hpo_trials=hpo_trials, triton_repository=triton_repository, triton_url=triton_url)
+            if training_pipeline is not None:
+                rt = training_pipeline(**args)
+                rt.set_display_name("retrain (nested training pipeline)")
+            else:
+                rt = trigger_retrain(kfp_host=kfp_host, training_arguments=args,
+                                     reason=dc.outputs["reason"], experiment_name=experiment_name)
+                platform(rt, "mlflow").set_display_name("trigger retraining run").set_caching_options(False)
+
+    return monitoring_pipeline
+
+
+#: The portable monitoring pipeline (nested retraining).
+monitoring_pipeline = build()

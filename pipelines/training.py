@@ -1,0 +1,116 @@
+"""The training pipeline.
+
+::
+
+    ingest + validate -> preprocess (fit on train split) -> train (HPO optional) -> evaluate (+ baselines)
+      -> register (alias challenger) -> gate vs champion and baselines
+      -> dsl.If(gate passed): export ONNX -> infra-validate in Triton -> promote (alias champion) -> deploy
+    ExitHandler: record the run outcome (state + error) as an artifact and on the MLflow runs of this job
+
+Steps whose result depends only on their inputs are cached (preprocess, export); steps with external
+effects or external state (ingest reads files that may change, training logs to MLflow, the registry,
+Triton) always run.
+"""
+
+# no `from __future__ import annotations`: KFP reads the real annotation objects
+from typing import Any
+
+from genexflow.components.data import ingest_validate
+from genexflow.components.outcome import record_outcome
+from genexflow.components.registry import gate, promote, register
+from genexflow.components.serving import deploy, export_onnx, infra_validate
+from genexflow.components.training import evaluate, preprocess_fit, train
+from genexflow.pipelines.kubernetes import Platform
+from kfp import dsl
+
+NAME = "genexflow-training"
+
+
+def build(platform: Platform | None = None) -> Any:
+    """Build the training pipeline; ``platform`` adds cluster settings (PVC, Secrets, GPU) to each task."""
+    platform = platform or Platform()
+
+    @dsl.pipeline(name=NAME, description="Ingest, preprocess, train, evaluate, register, gate, export, "
+                  "infra-validate, promote and deploy a gene-expression model.")
+    def training_pipeline(
+        expression_uri: str,
+        samples_uri: str,
+        label_column: str,
+        value_type: str = "auto",
+        batch_column: str = "",
+        covariates: list = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
+        allowed_labels: list = [],  # noqa: B006
+        quarantine_root: str = "/data/quarantine",
+        model_name: str = "genexflow",
+        experiment_name: str = "genexflow",
+        mlflow_tracking_uri: str = "",
+        train_config: dict = {},  # noqa: B006
+        preprocessing: dict = {},  # noqa: B006
+        hpo_trials: int = 0,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        baselines: list = [],  # noqa: B006
+        gate_metric: str = "",
+        min_improvement: float = 0.0,
+        triton_repository: str = "/data/triton/models",
+        triton_url: str = "",
+    ):
+        job = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        exit_task = record_outcome(pipeline_job=job, mlflow_tracking_uri=mlflow_tracking_uri,
+                                   experiment_name=experiment_name, model_name=model_name)
+        _configure(platform(exit_task, "mlflow"), "record outcome", cache=False)
+        with dsl.ExitHandler(exit_task, name="training-run"):
+            ing = ingest_validate(
+                expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
+                value_type=value_type, batch_column=batch_column, covariates=covariates,
+                allowed_labels=allowed_labels, quarantine_root=quarantine_root, run_id=job)
+            _configure(platform(ing, "data"), "ingest + validate", cache=False)
+
+            pre = preprocess_fit(
+                cohort=ing.outputs["cohort"], label_column=label_column, batch_column=batch_column,
+                covariates=covariates, preprocessing=preprocessing, test_fraction=test_fraction, seed=seed)
+            _configure(platform(pre, "data"), "preprocess (fit on train)", cache=True)
+
+            tr = train(
+                train=pre.outputs["train"], preprocessor=pre.outputs["preprocessor"], label_column=label_column,
+                pipeline_job=job, config=train_config, hpo_trials=hpo_trials,
+                mlflow_tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name)
+            _configure(platform(tr, "mlflow", "gpu"), "train", cache=False)
+
+            ev = evaluate(
+                bundle=tr.outputs["bundle"], train=pre.outputs["train"], test=pre.outputs["test"],
+                mlflow_run_id=tr.outputs["mlflow_run_id"], mlflow_tracking_uri=mlflow_tracking_uri,
+                baselines=baselines)
+            _configure(platform(ev, "mlflow"), "evaluate vs baselines", cache=False)
+
+            reg = register(bundle=tr.outputs["bundle"], mlflow_run_id=tr.outputs["mlflow_run_id"],
+                           model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri).after(ev)
+            _configure(platform(reg, "mlflow"), "register (challenger)", cache=False)
+
+            gt = gate(model_name=model_name, version=reg.outputs["version"],
+                      mlflow_tracking_uri=mlflow_tracking_uri, metric=gate_metric, min_improvement=min_improvement)
+            _configure(platform(gt, "mlflow"), "gate vs champion", cache=False)
+
+            with dsl.If(gt.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
+                ex = export_onnx(bundle=tr.outputs["bundle"])
+                _configure(platform(ex, "data"), "export ONNX", cache=True)
+                iv = infra_validate(onnx=ex.outputs["onnx"], model_name=model_name)
+                _configure(platform(iv, "triton"), "infra-validate (Triton)", cache=False)
+                pr = promote(model_name=model_name, version=reg.outputs["version"],
+                             mlflow_tracking_uri=mlflow_tracking_uri).after(iv)
+                _configure(platform(pr, "mlflow"), "promote (champion)", cache=False)
+                dp = deploy(onnx=ex.outputs["onnx"], repository=triton_repository, model_name=model_name,
+                            registry_version=reg.outputs["version"], triton_url=triton_url).after(pr)
+                _configure(platform(dp, "data", "object_store"), "deploy (Triton repository)", cache=False)
+
+    return training_pipeline
+
+
+def _configure(task: Any, display_name: str, *, cache: bool) -> Any:
+    task.set_display_name(display_name)
+    task.set_caching_options(cache)
+    return task
+
+
+#: The portable training pipeline (what kfp.local runs and ``compiled/training.yaml`` holds).
+training_pipeline = build()
