@@ -359,7 +359,7 @@ def sheet_expectations(
                                                   description=f"covariate {col!r} is recorded"))
         if col in numeric_covariates:
             ex.append(E.ExpectColumnValuesToMatchRegex(
-                column=f"{col}__text", regex=r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$", severity="warning",
+                column=f"{col}__text", regex=r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$", severity="warning",
                 meta={"rows": "quarantine"}, description=f"numeric covariate {col!r} holds a number"))
             lo, hi = covariate_ranges.get(col, (None, None))
             if lo is not None or hi is not None:
