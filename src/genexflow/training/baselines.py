@@ -36,7 +36,7 @@ DEFAULT_REGRESSION = ("ridge", "hist_gb", "random_forest", "pathway_ridge")
 ALL_CLASSIFICATION = ("logreg_l2", "elasticnet", "hist_gb", "random_forest", "pathway_logreg")
 ALL_REGRESSION = ("ridge", "elasticnet", "hist_gb", "random_forest", "pathway_ridge")
 
-_CS = np.logspace(-4, 2, 7)
+_CS = np.logspace(-3, 1, 5)
 
 
 def _inner_cv(y: np.ndarray, seed: int, task: str):
