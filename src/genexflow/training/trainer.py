@@ -369,6 +369,7 @@ class Trainer:
         world, rank = dist_info.world_size, dist_info.rank
         for epoch in range(cfg.epochs):
             model.train()
+            epoch_lr = float(opt.param_groups[0]["lr"])
             sums: dict[str, float] = {}
             for gb in global_batches(n, cfg.batch_size, cfg.seed, epoch):
                 gsize = len(gb)
@@ -403,7 +404,7 @@ class Trainer:
             if world > 1:
                 sums = _allreduce_sum(sums, device)
             rec = {f"train_{k}": v / n for k, v in sums.items()}
-            rec["lr"] = float(opt.param_groups[0]["lr"])
+            rec["lr"] = epoch_lr
             rec["epoch"] = epoch
             if val_t is not None:
                 rec.update(self._validate(module, val_t, val, class_w, t_mean, t_std))

@@ -1,0 +1,199 @@
+"""The user-facing trained model: fit on a cohort, predict new cohorts, save/load as a model bundle.
+
+:class:`TrainedModel` wraps the pure ``nn.Module`` (``genexflow.models.PathwayNet``) with what it needs to
+take a *raw* cohort: the fitted preprocessing, the covariate encoding, gene order, class names and the
+priors. :func:`predict` is the reference prediction path that the ONNX export and the Triton server are
+compared against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genexflow.bundle import BundleInfo, align_genes, encode_covariates, load_bundle, save_bundle
+from genexflow.cohort import Cohort
+from genexflow.errors import InputError
+from genexflow.training.config import TrainConfig
+from genexflow.training.trainer import EpochCallback, TensorData, predict_module
+
+ARCHITECTURE = "PathwayNet"
+
+
+@dataclass
+class TrainedModel:
+    """A trained model with its preprocessing and input contract.
+
+    Attributes
+    ----------
+    info : BundleInfo
+        Task, label, classes, raw input genes and value type, covariate encoding, batch levels, metrics.
+    preprocessing : fitted preprocessing pipeline
+    module : torch.nn.Module
+        The network (eval mode), taking preprocessed expression in ``model_genes`` order.
+    priors : GenePriors or None
+    history : list of dict
+        Per-epoch metrics of the final fit.
+    """
+
+    info: BundleInfo
+    preprocessing: Any
+    module: Any
+    priors: Any = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, cohort: Cohort, cfg: TrainConfig, callbacks: tuple[EpochCallback, ...] | list = ()) -> TrainedModel:
+        """Fit preprocessing, priors and the network on every labeled row of ``cohort`` (early stopping on
+        an inner stratified validation split)."""
+        from genexflow.training.cv import encode_labels, prepare_fold, train_deep
+
+        labels = encode_labels(cohort, cfg)
+        data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
+        y = labels.y[labels.labeled]
+        fold = prepare_fold(data, None, y, None, cfg)
+        k = labels.n_classes if cfg.task == "classification" else 1
+        res = train_deep(fold, cfg, k, callbacks)
+        batch_levels: list[str] = []
+        if cfg.batch_column:
+            batch_levels = sorted(map(str, data.samples[cfg.batch_column].astype(str).unique()))
+        info = BundleInfo(
+            task=cfg.task, label_column=cfg.label, class_names=labels.class_names,
+            input_genes=[str(g) for g in data.genes], value_type=data.value_type.value,
+            covariates=fold.covariates, batch_column=cfg.batch_column, batch_levels=batch_levels,
+            extra={
+                "architecture": ARCHITECTURE, "train_config": cfg.to_dict(), "model_genes": fold.genes,
+                "pathways": list(fold.priors.pathways), "priors_source": getattr(fold.priors, "source", ""),
+                "best_epoch": res.best_epoch, "stopped_epoch": res.stopped_epoch, "n_train": int(len(y)),
+                "target_mean": res.target_mean, "target_std": res.target_std,
+            },
+        )
+        return cls(info, fold.preprocessing, res.module.cpu().eval(), fold.priors, res.history)
+
+    # ------------------------------------------------------------------ inference
+    def align(self, cohort: Cohort) -> Cohort:
+        """The cohort reordered to the training genes (absent genes NaN; refuses if too many are absent)."""
+        if cohort.value_type.value != self.info.value_type:
+            raise InputError(f"the model takes {self.info.value_type} values but the cohort holds "
+                             f"{cohort.value_type.value}; convert it as in training")
+        if list(cohort.genes) == self.info.input_genes:
+            return cohort
+        X, _ = align_genes(cohort.frame(), self.info.input_genes)
+        return Cohort(X, self.info.input_genes, cohort.samples, cohort.value_type, cohort.name, dict(cohort.meta))
+
+    def inputs(self, cohort: Cohort) -> TensorData:
+        """Model inputs for a raw cohort: frozen preprocessing + covariate encoding."""
+        from genexflow.training.cv import transform
+
+        c = self.align(cohort)
+        X = transform(self.preprocessing, c)
+        cov = encode_covariates(c.samples, self.info.covariates)
+        return TensorData(X, cov, None, None)
+
+    def predict_arrays(self, cohort: Cohort) -> dict[str, np.ndarray]:
+        """``proba`` or ``prediction``, plus ``latent`` and ``attention`` (per pathway) when available."""
+        ex = self.info.extra
+        return predict_module(self.module, self.inputs(cohort), self.info.task,
+                              float(ex.get("target_mean", 0.0)), float(ex.get("target_std", 1.0)))
+
+    def predict(self, cohort: Cohort) -> pd.DataFrame:
+        """Probabilities per class (columns = class names) and ``prediction`` (the arg-max class), or the
+        regression ``prediction``; indexed by sample_id."""
+        out = self.predict_arrays(cohort)
+        idx = cohort.sample_ids
+        if self.info.task == "classification":
+            df = pd.DataFrame(out["proba"], index=idx, columns=self.info.class_names)
+            df["prediction"] = np.asarray(self.info.class_names, dtype=object)[out["proba"].argmax(1)]
+            return df
+        return pd.DataFrame({"prediction": out["prediction"]}, index=idx)
+
+    # ------------------------------------------------------------------ persistence
+    def model_state(self) -> dict:
+        return {"config": self.module.config.to_dict(), "state_dict": self.module.state_dict(),
+                "extra": {"architecture": ARCHITECTURE}}
+
+    def save(self, folder: str | Path, reference: Cohort | None = None,
+             reference_predictions: np.ndarray | None = None) -> Path:
+        """Write the bundle (``bundle.json``, ``preprocessing.pkl``, ``model.pt``, ``priors/``) and, given the
+        training cohort, the drift-monitoring reference profile (``reference/``)."""
+        folder = save_bundle(folder, self.info, self.preprocessing, self.model_state())
+        if self.priors is not None and hasattr(self.priors, "save"):
+            self.priors.save(folder / "priors")
+        if reference is not None:
+            write_reference_profile(self, folder, reference, reference_predictions)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainedModel:
+        info, pre, state = load_bundle(folder)
+        module = module_from_state(state)
+        priors = None
+        if (Path(folder) / "priors" / "priors.json").is_file():
+            from genexflow.priors import GenePriors
+
+            priors = GenePriors.load(Path(folder) / "priors")
+        return cls(info, pre, module, priors)
+
+
+def module_from_state(state: dict) -> Any:
+    """Rebuild the network from ``model.pt`` contents (``{"config", "state_dict", ...}``)."""
+    import io
+
+    import torch
+
+    from genexflow.models import PathwayNet
+
+    buf = io.BytesIO()
+    torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
+    buf.seek(0)
+    return PathwayNet.load(buf).eval()
+
+
+def write_reference_profile(model: TrainedModel, folder: Path, cohort: Cohort,
+                            predictions: np.ndarray | None = None) -> Path | None:
+    """Hook for drift monitoring: save ``genexflow.monitoring.profile.build_reference_profile`` of the
+    training cohort (latent space and predictions of this model) under ``<bundle>/reference``.
+
+    Returns ``None`` (and writes nothing) when the monitoring package is not installed.
+    """
+    try:
+        from genexflow.monitoring.profile import build_reference_profile
+    except ImportError:
+        return None
+    info = model.info
+    out = model.predict_arrays(cohort)
+    preds = predictions
+    if preds is None:
+        preds = out["proba"] if info.task == "classification" else out["prediction"]
+    gene_sets = dict(model.priors.gene_sets) if model.priors is not None else "kegg"
+    covs = [c.name for c in info.covariates]
+    prof = build_reference_profile(
+        cohort, latent=out.get("latent"), predictions=preds, label_column=info.label_column,
+        batch_column=info.batch_column, covariates=covs, gene_sets=gene_sets,
+        class_names=info.class_names or None, task=info.task,
+    )
+    return prof.save(folder / "reference")
+
+
+def predict(model: str | Path | TrainedModel | tuple, cohort: Cohort) -> pd.DataFrame:
+    """Predict a raw cohort with a bundle folder, a :class:`TrainedModel` or ``(info, preprocessing, state)``.
+
+    Returns
+    -------
+    DataFrame indexed by sample_id
+        Classification: one probability column per class (``info.class_names`` order) and ``prediction``
+        (class name). Regression: ``prediction``.
+    """
+    if isinstance(model, str | Path):
+        model = TrainedModel.load(model)
+    elif isinstance(model, tuple):
+        info, pre, state = model
+        model = TrainedModel(info, pre, module_from_state(state))
+    if not isinstance(model, TrainedModel):
+        raise InputError("predict needs a bundle folder, a TrainedModel or (info, preprocessing, model_state)")
+    return model.predict(cohort)
