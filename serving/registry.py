@@ -49,6 +49,18 @@ def default_tracking_uri() -> str:
         return f"sqlite:///{path}"
 
 
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts next to an embedded sqlite store (as training does); the server's default otherwise."""
+    try:
+        from genexflow.training.tracking import default_artifact_location
+
+        return default_artifact_location(tracking_uri)
+    except ImportError:
+        if tracking_uri.startswith("sqlite:///"):
+            return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return None
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -137,10 +149,12 @@ def evaluate_metrics(task: str, y_true: np.ndarray, output: np.ndarray, class_na
     y = np.array([lookup[v] for v in labels], dtype=np.int64)
     proba = np.asarray(output, float)
     pred = proba.argmax(axis=1)
+    clipped = np.clip(proba, 1e-7, 1.0)  # float32 softmax rows sum to 1 only within ~1e-7
     out = {"accuracy": float(skm.accuracy_score(y, pred)),
            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
            "macro_f1": float(skm.f1_score(y, pred, average="macro")),
-           "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-7, 1), labels=list(range(len(class_names)))))}
+           "log_loss": float(skm.log_loss(y, clipped / clipped.sum(axis=1, keepdims=True),
+                                          labels=list(range(len(class_names)))))}
     if len(set(y)) > 1:
         if len(class_names) == 2:
             out["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
@@ -204,7 +218,8 @@ class Registry:
         lineage = lineage if lineage is not None else dict(info.lineage)
         if run_id is None:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(
+                experiment, artifact_location=_artifact_location(self.tracking_uri))
             run_id = self.client.create_run(exp_id, run_name=f"register-{name}").info.run_id
             own_run = True
         else:
