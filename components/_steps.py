@@ -15,7 +15,8 @@ import pandas as pd
 from genexflow.errors import InputError
 
 MANIFEST = "manifest.csv"
-PREDICTIONS = "predictions.csv"
+PREDICTIONS = "predictions.parquet"
+BASELINE_PREFIX = "baseline."
 
 
 def shard_step(cohort_dir: str | Path, n_shards: int, out_dir: str | Path) -> list[dict[str, Any]]:
@@ -56,18 +57,24 @@ def shard_path(shards_dir: str | Path, shard: dict[str, Any]) -> Path:
 
 
 def write_predictions(frame: pd.DataFrame, out: str | Path) -> Path:
-    """Write a predictions table (index = sample_id) as ``out/predictions.csv``."""
+    """Write a predictions table (``sample_id`` column or index) as ``out/predictions.parquet``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame.index.name = "sample_id"
-    frame.to_csv(out / PREDICTIONS)
+    if "sample_id" not in frame.columns:
+        frame = frame.rename_axis("sample_id").reset_index()
+    frame.to_parquet(out / PREDICTIONS, index=False)
     return out / PREDICTIONS
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions table indexed by ``sample_id`` (str) from a folder or a Parquet/CSV file."""
     path = Path(path)
     f = path / PREDICTIONS if path.is_dir() else path
-    return pd.read_csv(f, index_col="sample_id", dtype={"sample_id": str})
+    df = pd.read_csv(f) if f.suffix == ".csv" else pd.read_parquet(f)
+    if "sample_id" in df.columns:
+        df = df.set_index("sample_id")
+    df.index = pd.Index(df.index.astype(str), name="sample_id")
+    return df
 
 
 def merge_step(parts: list[str | Path], shards_dir: str | Path, out_dir: str | Path) -> int:
@@ -86,6 +93,72 @@ def merge_step(parts: list[str | Path], shards_dir: str | Path, out_dir: str | P
                          f"({', '.join(map(str, missing[:5]))}), {len(extra)} unexpected")
     write_predictions(merged.loc[expected], out_dir)
     return len(expected)
+
+
+def infer_value_type(value_type: str, expression: str | Path, samples: str | Path | None = None) -> str:
+    """``value_type`` unless it is ``auto``: then guess from the values (non-negative integers: counts;
+    negative values or a maximum below 50: log-expression; per-sample sums near one million: tpm) and
+    refuse to guess between TPM and FPKM otherwise."""
+    if value_type and value_type != "auto":
+        return value_type
+    from genexflow.io import read_matrix, read_sample_sheet
+
+    path = Path(expression)
+    if path.is_dir() or path.suffix == ".h5ad":
+        from genexflow.cohort import Cohort
+
+        return Cohort.read(path).value_type.value
+    ids = list(read_sample_sheet(samples, check_unique=False).index) if samples else None
+    X = read_matrix(path, "auto", ids).to_numpy(dtype=float)
+    finite = X[np.isfinite(X)]
+    if finite.size == 0:
+        raise InputError(f"{path}: no finite values; cannot infer the value type")
+    if finite.min() < 0 or finite.max() < 50:
+        return "log-expression"
+    if np.all(finite == np.round(finite)):
+        return "counts"
+    sums = np.nansum(X, axis=1)
+    if np.all(np.abs(sums / 1e6 - 1) < 0.05):
+        return "tpm"
+    raise InputError(f"{path}: cannot tell TPM from FPKM (non-integer values, samples not summing to 1e6); "
+                     "pass --value-type tpm or fpkm")
+
+
+def split_evaluation(metadata: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Split an evaluation ``Metrics`` artifact's values into the model's metrics and the baselines'
+    (keys ``baseline.<name>.<metric>``)."""
+    model: dict[str, float] = {}
+    base: dict[str, dict[str, float]] = {}
+    for k, v in (metadata or {}).items():
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            continue
+        if k.startswith(BASELINE_PREFIX):
+            name, _, metric = k[len(BASELINE_PREFIX):].partition(".")
+            if metric:
+                base.setdefault(name, {})[metric] = float(v)
+        else:
+            model[k] = float(v)
+    return model, base
+
+
+def gate_markdown(decision: Any, out: str | Path) -> Path:
+    """The gate decision as a Markdown table (a KFP ``Markdown`` artifact)."""
+    m = decision.metrics
+    lines = [f"## Gate: {'PASSED' if decision.passed else 'NOT PASSED'} (challenger v{decision.challenger_version})",
+             "", decision.reason, "", "| model | " + " | ".join(sorted(m["challenger"])) + " |",
+             "|---|" + "---|" * len(m["challenger"])]
+    rows = [("challenger", m["challenger"])]
+    if m.get("champion"):
+        rows.append((f"champion v{decision.champion_version}", m["champion"]))
+    for name, (k, v) in [(f"baseline {b}", (decision.policy["metric"], val)) for b, val in
+                         (m.get("baselines") or {}).items()]:
+        rows.append((name, {k: v}))
+    for name, vals in rows:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{vals[k]:.4f}" if isinstance(vals.get(k), int | float) else "" for k in sorted(m["challenger"])) + " |")
+    lines += ["", f"policy: `{json.dumps(decision.policy)}`, held-out samples: {m.get('n_heldout')}"]
+    Path(out).write_text("\n".join(lines) + "\n")
+    return Path(out)
 
 
 def log_metrics(metrics_artifact: Any, values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -132,3 +205,20 @@ def record_outcome(state: str, error: str, pipeline_job: str, out: str | Path, *
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(record, indent=1))
     return record
+
+
+def registered_bundle(model_name: str, ref: str, tracking_uri: str, dst: str | Path) -> Path:
+    """Download the training bundle logged with registered version ``ref`` (number or alias) of
+    ``model_name``; the drift check reads its reference profile. Refuses a version without a bundle."""
+    from genexflow.serving.registry import Registry
+
+    reg = Registry(tracking_uri or None)
+    v = reg.get(model_name, ref)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = reg.client.download_artifacts(v.run_id, "bundle", str(dst))
+    except Exception as exc:  # MlflowException / OSError: the version was registered without its bundle
+        raise InputError(f"{model_name} v{v.version} ({ref}) has no training bundle in run {v.run_id}: "
+                         f"{' '.join(str(exc).split())[:160]}") from exc
+    return Path(local)

@@ -22,18 +22,29 @@ def ingest_validate(
     quarantine_root: str = "",
     run_id: str = "",
 ) -> NamedTuple("IngestOutputs", [("n_samples", int), ("n_genes", int), ("n_quarantined", int)]):
-    """Read, harmonize gene IDs and validate a raw cohort; rejected samples/files go to the quarantine."""
-    from genexflow.components._steps import log_metrics
+    """Read, harmonize gene IDs and validate a raw cohort (Great Expectations); rejected samples, genes and
+    files go to ``<quarantine_root>/<run_id>/`` with the reason. ``value_type="auto"`` guesses counts or
+    log-expression from the values."""
+    import shutil
+    from pathlib import Path
 
-    from genexflow.ingest import ingest
+    from genexflow.components._steps import infer_value_type, log_metrics
 
-    res = ingest(expression_uri, samples_uri, value_type=value_type, label_column=label_column or None,
-                 allowed_labels=allowed_labels or None, batch_column=batch_column or None,
-                 covariates=list(covariates), out_dir=cohort.path, quarantine_root=quarantine_root or None,
-                 run_id=run_id or None)
-    res.write_report(report.path)
-    log_metrics(summary, res.summary())
-    return (res.cohort.n_samples, res.cohort.n_genes, res.n_quarantined)
+    from genexflow.ingest import IngestConfig, ingest
+
+    task_dir = Path(cohort.path).parent
+    res = ingest(expression_uri, samples_uri or None, value_type=infer_value_type(value_type, expression_uri, samples_uri),
+                 label_column=label_column or None, allowed_labels=allowed_labels or None,
+                 batch_column=batch_column or None, covariates=list(covariates), out_dir=cohort.path,
+                 quarantine_root=quarantine_root or str(task_dir / "quarantine"), run_id=run_id or None,
+                 config=IngestConfig(report_dir=str(task_dir / "validation")))
+    shutil.copyfile(res.report_html, report.path)
+    quarantined = res.summary()["quarantined"]
+    log_metrics(summary, {"n_samples": res.cohort.n_samples, "n_genes": res.cohort.n_genes,
+                          "mapping_rate": res.mapping_rate, "warnings": len(res.warnings),
+                          **{f"quarantined.{k}": v for k, v in quarantined.items()}})
+    cohort.metadata.update({"dvc_md5": res.dvc_md5, "run_id": res.run_id, "value_type": res.cohort.value_type.value})
+    return (res.cohort.n_samples, res.cohort.n_genes, int(quarantined.get("sample", 0)))
 
 
 @component

@@ -1,10 +1,11 @@
-"""Monitoring components: drift check of a new cohort against the champion's reference; retrain trigger."""
+"""Monitoring components: drift check of a new cohort against the served model's reference profile; the
+retrain trigger used on a cluster."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
 from genexflow.components._base import component
-from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
 
 @component
@@ -13,11 +14,31 @@ def drift_check(
     model_name: str,
     report: Output[HTML],
     metrics: Output[Metrics],
+    evidence: Output[Artifact],
     mlflow_tracking_uri: str = "",
     alias: str = "champion",
 ) -> NamedTuple("DriftOutputs", [("drift", bool), ("score", float), ("reason", str)]):
-    """Compare a new cohort with the reference profile of the served model; ``drift`` decides retraining."""
-    raise NotImplementedError("wired when genexflow.monitoring.check lands")
+    """Compare a new cohort with the reference profile in the bundle of the ``alias`` version (genes,
+    QC/pathway/latent features, batches, covariates, novelty, performance when labelled); ``drift`` decides
+    retraining. ``evidence`` holds every report, ``decision.json`` and ``drift.prom``."""
+    import shutil
+    from pathlib import Path
+
+    from genexflow.components._steps import log_metrics, registered_bundle
+    from genexflow.monitoring.check import drift_check as check
+
+    bundle_dir = registered_bundle(model_name, alias, mlflow_tracking_uri, Path(evidence.path) / "bundle")
+    res = check(cohort.path, bundle_dir, out_dir=evidence.path, mlflow_tracking_uri=mlflow_tracking_uri or None,
+                model_key=f"{model_name}@{alias}")
+    html = res.files.get("evidently_html")
+    if html:
+        shutil.copyfile(html, report.path)
+    else:
+        Path(report.path).write_text(f"<pre>{res.decision}</pre>")
+    reasons = [r.message for r in res.decision.reasons]
+    score = max([r.value / r.threshold for r in res.decision.reasons if r.threshold] or [0.0])
+    log_metrics(metrics, {"drift": res.drift, "n_reasons": len(reasons), "n_samples": res.decision.n_samples or 0})
+    return (res.drift, float(score), "; ".join(reasons) or "no drift")
 
 
 @component

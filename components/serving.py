@@ -18,25 +18,52 @@ def export_onnx(bundle: Input[Model], onnx: Output[Model]) -> str:
 
 
 @component
-def infra_validate(onnx: Input[Model], model_name: str, report: Output[Metrics]) -> bool:
-    """Load the exported model in a real Triton server, send requests, compare with onnxruntime."""
-    raise NotImplementedError("wired when genexflow.serving.infra_validate lands")
+def infra_validate(
+    model_name: str,
+    version: str,
+    heldout: Input[Dataset],
+    report: Output[Metrics],
+    mlflow_tracking_uri: str = "",
+    triton_url: str = "",
+    triton_repository: str = "",
+) -> bool:
+    """Load the registered version in a real Triton (a local one is started when no server is given), send
+    canary requests over HTTP and gRPC, compare with onnxruntime; records ``infra.*`` tags. Fails the step
+    (and so blocks promotion) when the model does not pass."""
+    from genexflow.components._steps import log_metrics
+    from genexflow.serving.infra_validate import validate_registered
+    from genexflow.serving.registry import Registry
+
+    from genexflow.cohort import Cohort
+    from genexflow.errors import ValidationError
+
+    server = {"url": triton_url, "repository": triton_repository} if triton_url else {}
+    res = validate_registered(Registry(mlflow_tracking_uri or None), model_name, version,
+                              cohort=Cohort.read(heldout.path), **server)
+    log_metrics(report, {"passed": res.passed, "max_abs_diff": res.max_abs_diff, "n_requests": res.n_requests,
+                         "n_rows": res.n_rows, "load_seconds": res.load_seconds})
+    if not res.passed:
+        raise ValidationError(f"infra validation of {model_name} v{version} failed: {res.reason}")
+    return res.passed
 
 
 @component
 def deploy(
     onnx: Input[Model],
-    repository: str,
     model_name: str,
-    registry_version: str,
+    version: str,
+    repository: str,
+    serving_name: str = "genexflow_classifier",
     triton_url: str = "",
-) -> NamedTuple("DeployOutputs", [("triton_version", int), ("path", str)]):
-    """Add the model as a new version of a Triton model repository (and load it when a server is given)."""
-    from genexflow.serving.repository import deploy as deploy_model
+    mlflow_tracking_uri: str = "",
+) -> NamedTuple("DeployOutputs", [("triton_version", int), ("path", str), ("loaded", bool)]):
+    """Add the registered version (its sha256 checked against the registry) as a new version of a Triton
+    model repository; with ``triton_url`` load it in the running server."""
+    from genexflow.serving.registry import Registry
 
-    res = deploy_model(onnx.path, repository, name=model_name, url=triton_url or None,
-                       registry={"version": registry_version})
-    return (res.triton_version, str(res.path))
+    res = Registry(mlflow_tracking_uri or None).deploy(model_name, version, repository, url=triton_url or None,
+                                                       model_name=serving_name, artifact_dir=onnx.path)
+    return (res.triton_version, str(res.path), res.loaded)
 
 
 @component
@@ -44,8 +71,17 @@ def batch_infer(
     shards: Input[Dataset],
     shard: dict,
     triton_url: str,
-    model_name: str,
     predictions: Output[Dataset],
+    serving_name: str = "genexflow_classifier",
+    concurrency: int = 2,
 ) -> int:
-    """Score one shard through Triton; returns the number of rows scored."""
-    raise NotImplementedError("wired when genexflow.serving.batch lands")
+    """Score one shard through Triton (streamed chunks, concurrent requests); returns the rows scored."""
+    from pathlib import Path
+
+    from genexflow.components._steps import PREDICTIONS, shard_path
+    from genexflow.serving.batch import TritonRunner, score_cohort
+
+    Path(predictions.path).mkdir(parents=True, exist_ok=True)
+    res = score_cohort(shard_path(shards.path, shard), Path(predictions.path) / PREDICTIONS,
+                       TritonRunner(triton_url, serving_name), concurrency=concurrency)
+    return int(res.n_rows)

@@ -32,8 +32,12 @@ def train(
     pipeline_job: str,
     bundle: Output[Model],
     metrics: Output[Metrics],
+    batch_column: str = "",
+    covariates: list = [],  # noqa: B006
     config: dict = {},  # noqa: B006
+    preprocessing: dict = {},  # noqa: B006
     hpo_trials: int = 0,
+    seed: int = 0,
     mlflow_tracking_uri: str = "",
     experiment_name: str = "genexflow",
 ) -> NamedTuple("TrainOutputs", [("mlflow_run_id", str)]):
@@ -53,6 +57,7 @@ def evaluate(
     report: Output[HTML],
     mlflow_tracking_uri: str = "",
     baselines: list = [],  # noqa: B006
+    seed: int = 0,
 ) -> NamedTuple("EvalOutputs", [("primary_metric", str), ("score", float)]):
     """Score the held-out split with the model and the baselines (fit on the same training rows)."""
     raise NotImplementedError("wired when genexflow.training.evaluate lands")

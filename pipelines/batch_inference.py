@@ -33,7 +33,7 @@ def build(platform: Platform | None = None, parallelism: int = DEFAULT_PARALLELI
         expression_uri: str,
         samples_uri: str,
         triton_url: str,
-        model_name: str = "genexflow",
+        serving_name: str = "genexflow_classifier",
         value_type: str = "auto",
         n_shards: int = 8,
         quarantine_root: str = "/data/quarantine",
@@ -46,7 +46,7 @@ def build(platform: Platform | None = None, parallelism: int = DEFAULT_PARALLELI
         platform(sh, "data").set_display_name("split into shards").set_caching_options(True)
         with dsl.ParallelFor(sh.outputs["Output"], parallelism=parallelism, name="shards") as shard:
             bi = batch_infer(shards=sh.outputs["shards"], shard=shard, triton_url=triton_url,
-                             model_name=model_name)
+                             serving_name=serving_name)
             # the served model changes under a fixed URL: never reuse old scores
             platform(bi, "data", "triton").set_display_name("score shard (Triton)").set_caching_options(False)
         mg = merge_predictions(parts=dsl.Collected(bi.outputs["predictions"]), shards=sh.outputs["shards"])

@@ -38,7 +38,8 @@ def build(platform: Platform | None = None) -> Any:
         value_type: str = "auto",
         batch_column: str = "",
         covariates: list = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
-        model_name: str = "genexflow",
+        model_name: str = "genexflow-classifier",
+        serving_name: str = "genexflow_classifier",
         alias: str = "champion",
         experiment_name: str = "genexflow",
         mlflow_tracking_uri: str = "",
@@ -59,7 +60,8 @@ def build(platform: Platform | None = None) -> Any:
         with dsl.If(dc.outputs["drift"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
             args = dict(expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
                         value_type=value_type, batch_column=batch_column, covariates=covariates,
-                        quarantine_root=quarantine_root, model_name=model_name, experiment_name=experiment_name,
+                        quarantine_root=quarantine_root, model_name=model_name, serving_name=serving_name,
+                        experiment_name=experiment_name,
                         mlflow_tracking_uri=mlflow_tracking_uri, train_config=train_config,
                         hpo_trials=hpo_trials, triton_repository=triton_repository, triton_url=triton_url)
             if training_pipeline is not None:

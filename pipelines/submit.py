@@ -227,5 +227,11 @@ def schedule_run(package: str | Path, *, name: str, cron: str, arguments: dict[s
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    reason = re.search(r"(Connection refused|Name or service not known|timed out|Max retries exceeded)", str(exc))
-    return reason[1] if reason else (f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__)
+    for reason in ("Connection refused", "Name or service not known", "timed out", "certificate verify failed",
+                   "Max retries exceeded"):
+        if reason in str(exc):
+            return reason.lower()
+    status = getattr(exc, "status", None)
+    if status:
+        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

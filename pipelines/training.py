@@ -2,14 +2,16 @@
 
 ::
 
-    ingest + validate -> preprocess (fit on train split) -> train (HPO optional) -> evaluate (+ baselines)
-      -> register (alias challenger) -> gate vs champion and baselines
-      -> dsl.If(gate passed): export ONNX -> infra-validate in Triton -> promote (alias champion) -> deploy
+    ingest + validate -> preprocess (hold out a test split, fit on the training rows) -> train (HPO optional)
+      -> evaluate on the held-out split (+ baselines fit on the same rows) -> export ONNX (preprocessing inside)
+      -> register the artifact + bundle (alias challenger) -> gate vs champion and baselines
+      -> dsl.If(gate passed): infra-validate in a real Triton -> promote (alias champion) -> deploy
     ExitHandler: record the run outcome (state + error) as an artifact and on the MLflow runs of this job
 
-Steps whose result depends only on their inputs are cached (preprocess, export); steps with external
-effects or external state (ingest reads files that may change, training logs to MLflow, the registry,
-Triton) always run.
+Export comes before registration because the registered version IS the serving artifact (its sha256 is
+what the gate scores, Triton validates and deploy ships). Steps whose result depends only on their inputs
+are cached (preprocess, export); steps with external effects or state (ingest reads files that may change,
+training logs to MLflow, the registry, Triton) always run.
 """
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
@@ -41,7 +43,8 @@ def build(platform: Platform | None = None) -> Any:
         covariates: list = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
         allowed_labels: list = [],  # noqa: B006
         quarantine_root: str = "/data/quarantine",
-        model_name: str = "genexflow",
+        model_name: str = "genexflow-classifier",
+        serving_name: str = "genexflow_classifier",
         experiment_name: str = "genexflow",
         mlflow_tracking_uri: str = "",
         train_config: dict = {},  # noqa: B006
@@ -50,8 +53,9 @@ def build(platform: Platform | None = None) -> Any:
         test_fraction: float = 0.2,
         seed: int = 0,
         baselines: list = [],  # noqa: B006
-        gate_metric: str = "",
-        min_improvement: float = 0.0,
+        gate_metric: str = "balanced_accuracy",
+        gate_margin: float = 0.0,
+        baseline_margin: float = 0.0,
         triton_repository: str = "/data/triton/models",
         triton_url: str = "",
     ):
@@ -73,35 +77,41 @@ def build(platform: Platform | None = None) -> Any:
 
             tr = train(
                 train=pre.outputs["train"], preprocessor=pre.outputs["preprocessor"], label_column=label_column,
-                pipeline_job=job, config=train_config, hpo_trials=hpo_trials,
+                batch_column=batch_column, covariates=covariates, pipeline_job=job, config=train_config,
+                preprocessing=preprocessing, hpo_trials=hpo_trials, seed=seed,
                 mlflow_tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name)
             _configure(platform(tr, "mlflow", "gpu"), "train", cache=False)
 
             ev = evaluate(
                 bundle=tr.outputs["bundle"], train=pre.outputs["train"], test=pre.outputs["test"],
                 mlflow_run_id=tr.outputs["mlflow_run_id"], mlflow_tracking_uri=mlflow_tracking_uri,
-                baselines=baselines)
+                baselines=baselines, seed=seed)
             _configure(platform(ev, "mlflow"), "evaluate vs baselines", cache=False)
 
-            reg = register(bundle=tr.outputs["bundle"], mlflow_run_id=tr.outputs["mlflow_run_id"],
-                           model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri).after(ev)
+            ex = export_onnx(bundle=tr.outputs["bundle"])
+            _configure(platform(ex, "data"), "export ONNX", cache=True)
+
+            reg = register(onnx=ex.outputs["onnx"], bundle=tr.outputs["bundle"], evaluation=ev.outputs["metrics"],
+                           mlflow_run_id=tr.outputs["mlflow_run_id"], model_name=model_name,
+                           mlflow_tracking_uri=mlflow_tracking_uri)
             _configure(platform(reg, "mlflow"), "register (challenger)", cache=False)
 
-            gt = gate(model_name=model_name, version=reg.outputs["version"],
-                      mlflow_tracking_uri=mlflow_tracking_uri, metric=gate_metric, min_improvement=min_improvement)
-            _configure(platform(gt, "mlflow"), "gate vs champion", cache=False)
+            gt = gate(model_name=model_name, version=reg.outputs["version"], heldout=pre.outputs["test"],
+                      mlflow_tracking_uri=mlflow_tracking_uri, metric=gate_metric, margin=gate_margin,
+                      baseline_margin=baseline_margin)
+            _configure(platform(gt, "mlflow"), "gate vs champion + baselines", cache=False)
 
             with dsl.If(gt.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
-                ex = export_onnx(bundle=tr.outputs["bundle"])
-                _configure(platform(ex, "data"), "export ONNX", cache=True)
-                iv = infra_validate(onnx=ex.outputs["onnx"], model_name=model_name)
-                _configure(platform(iv, "triton"), "infra-validate (Triton)", cache=False)
+                iv = infra_validate(model_name=model_name, version=reg.outputs["version"],
+                                    heldout=pre.outputs["test"], mlflow_tracking_uri=mlflow_tracking_uri)
+                _configure(platform(iv, "mlflow", "triton"), "infra-validate (Triton)", cache=False)
                 pr = promote(model_name=model_name, version=reg.outputs["version"],
                              mlflow_tracking_uri=mlflow_tracking_uri).after(iv)
                 _configure(platform(pr, "mlflow"), "promote (champion)", cache=False)
-                dp = deploy(onnx=ex.outputs["onnx"], repository=triton_repository, model_name=model_name,
-                            registry_version=reg.outputs["version"], triton_url=triton_url).after(pr)
-                _configure(platform(dp, "data", "object_store"), "deploy (Triton repository)", cache=False)
+                dp = deploy(onnx=ex.outputs["onnx"], model_name=model_name, version=reg.outputs["version"],
+                            repository=triton_repository, serving_name=serving_name, triton_url=triton_url,
+                            mlflow_tracking_uri=mlflow_tracking_uri).after(pr)
+                _configure(platform(dp, "data", "mlflow"), "deploy (Triton repository)", cache=False)
 
     return training_pipeline
 

@@ -218,12 +218,15 @@ def compile_cmd(
 
 
 def _package(pipeline: str, portable: bool) -> Path:
+    from genexflow.errors import InputError
     from genexflow.pipelines import compile as comp
 
+    if pipeline in comp.PIPELINES:
+        return comp.compiled_dir() / comp.spec_filename(pipeline, "portable" if portable else "cluster")
     p = Path(pipeline)
-    if p.suffix in (".yaml", ".yml", ".json") or p.exists():
+    if p.suffix in (".yaml", ".yml", ".json") or p.is_file():
         return p
-    return comp.compiled_dir() / comp.spec_filename(pipeline, "portable" if portable else "cluster")
+    raise InputError(f"{pipeline!r} is neither a pipeline ({', '.join(comp.PIPELINES)}) nor a compiled YAML file")
 
 
 # -------------------------------------------------------------------------------------- pipeline submit
