@@ -50,6 +50,7 @@ from genexflow.stack._process import (
     free_port,
     genexflow_home,
     http_ok,
+    stop_pid_file,
     wait_until,
 )
 
@@ -378,15 +379,7 @@ class TritonServer:
 
         Returns True when a running server was stopped, False when none was running.
         """
-        record = ProcessRecord.read(Path(pid_file))
-        if record is None or not record.alive():
-            with contextlib.suppress(FileNotFoundError):
-                Path(pid_file).unlink()
-            return False
-        record.stop(timeout=timeout)
-        with contextlib.suppress(FileNotFoundError):
-            Path(pid_file).unlink()
-        return True
+        return stop_pid_file(pid_file, timeout)
 
     def __enter__(self) -> TritonServer:
         return self.start()

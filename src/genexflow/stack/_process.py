@@ -169,3 +169,16 @@ class ProcessRecord:
             os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def stop_pid_file(pid_file: str | Path, timeout: float = 30.0) -> bool:
+    """Stop the process group recorded in ``pid_file`` and remove the file.
+
+    Returns True when the recorded process was still running.
+    """
+    record = ProcessRecord.read(Path(pid_file))
+    running = record is not None and record.alive()
+    if running:
+        record.stop(timeout=timeout)
+    Path(pid_file).unlink(missing_ok=True)
+    return running
