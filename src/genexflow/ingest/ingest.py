@@ -227,7 +227,7 @@ def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_
         if value_type is None:
             raise InputError("value_type is required (counts, tpm, fpkm or log-expression)")
         vt = ValueType.parse(value_type)
-        name = cfg.name or path.name.split(".")[0]
+        name = cfg.name or default_name(path)
         ids = None if sheet is None else list(sheet.index)
         matrix = _guard(lambda: read_matrix(path, cfg.orientation, ids), {f"expression__{path.name}": path},
                         quarantine_root, run_id, cfg)
@@ -244,13 +244,26 @@ def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_
                    files=files, notes=notes)
 
 
+_GENERIC_STEMS = {"expression", "counts", "matrix", "data", "tpm", "fpkm", "values", "exprs", "gene_counts"}
+
+
+def default_name(path: str | Path) -> str:
+    """Cohort name from a path: the file stem, or the folder's name for generic stems
+    (``golub/expression.parquet`` -> ``golub``)."""
+    path = Path(path)
+    stem = path.name.split(".")[0]
+    if (path.is_dir() or stem.lower() in _GENERIC_STEMS) and path.resolve().parent.name:
+        return path.name if path.is_dir() else path.resolve().parent.name
+    return stem
+
+
 def _guard(read, files: dict, quarantine_root: Path, run_id: str | None, cfg: IngestConfig):
     try:
         return read()
     except InputError as exc:
         path = next(iter(files.values()))
         digest = hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-        rid = run_id or f"{cfg.name or path.name.split('.')[0]}-{digest[:12]}"
+        rid = run_id or f"{cfg.name or default_name(path)}-{digest[:12]}"
         records = [QuarantineRecord(kind="file", id=name, suite="read", check="readable input file", column=None,
                                     value=None, message=str(exc)) for name in files]
         existing = {k: v for k, v in files.items() if Path(v).is_file()}

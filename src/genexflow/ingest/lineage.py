@@ -88,10 +88,10 @@ def dvc_add(target: str | Path, root: str | Path, push: bool = False) -> dict:
     quiet = io.StringIO()  # dvc prints git hints ("git add data.dvc") meant for an interactive user
     try:
         with Repo(str(root)) as repo, redirect_stdout(quiet), redirect_stderr(quiet):
-            repo.add(str(rel))
+            repo.add(str(target))  # absolute: DVC resolves relative targets against the cwd
             if push:
                 try:
-                    repo.push(targets=[str(rel) + ".dvc"])
+                    repo.push(targets=[str(target) + ".dvc"])
                 except Exception as exc:  # the data is tracked and cached even when the remote fails
                     push_error = f"dvc push failed: {type(exc).__name__}: {exc}"
     except Exception as exc:  # DVC raises many unrelated types (DvcException, LockError, OSError, ...)
