@@ -17,6 +17,7 @@ import pickle  # nosec B403 - serializes our own fitted preprocessing for the ru
 import platform
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +180,7 @@ class RunTracker:
     Examples
     --------
     >>> import tempfile
+import warnings
     >>> with RunTracker(tracking_uri=f"sqlite:///{tempfile.mkdtemp()}/m.db", run_name="demo") as tr:
     ...     tr.log_params({"lr": 1e-3}); tr.log_metrics({"acc": 0.9})
     """
@@ -262,13 +264,14 @@ class RunTracker:
         from mlflow.data.meta_dataset import MetaDataset
 
         lin = dataset_lineage(cohort, path)
-        src_uri = lin.get("path") or str(cohort.meta.get("source", cohort.name))
-        try:
-            source = resolve_dataset_source(src_uri)
-        except Exception:  # not a path/URI MLflow knows: record it as a code source with the string
+        if lin.get("path"):
+            with warnings.catch_warnings():  # several local-artifact source classes claim file paths
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(Path(lin["path"]).as_uri())
+        else:  # an in-memory cohort (shipped dataset, simulator): name where it came from
             from mlflow.data.code_dataset_source import CodeDatasetSource
 
-            source = CodeDatasetSource({"source": src_uri})
+            source = CodeDatasetSource({"source": str(cohort.meta.get("source", cohort.name))})
         ds = MetaDataset(source=source, name=cohort.name, digest=str(lin["md5"])[:36])
         mlflow.log_input(ds, context=context, tags={
             "dvc_md5": str(lin["md5"]), "md5_source": lin["md5_source"],

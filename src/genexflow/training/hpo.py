@@ -1,0 +1,225 @@
+"""Hyper-parameter search with Optuna (TPE or grid) over the training and model settings.
+
+Each trial runs fold-fitted cross-validation of the deep model (no baselines) and reports the running mean
+of the metric after every fold, so the median pruner stops bad trials early. With a tracker, each trial is
+a nested MLflow run (params, per-fold metrics, the value, the state). The best configuration is returned
+as a :class:`~genexflow.training.config.TrainConfig` for the final training.
+
+Search-space keys are ``TrainConfig`` fields (``lr``, ``weight_decay``, ``batch_size``...) or
+``model.<PathwayNetConfig field>`` (``model.d_model``, ``model.gcn_layers``, ``model.head_dropout``...).
+Values are ``("loguniform", lo, hi)``, ``("uniform", lo, hi)``, ``("int", lo, hi)`` or
+``("categorical", [choices])`` for TPE, and lists of values for the grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genexflow.cohort import Cohort
+from genexflow.errors import InputError
+from genexflow.training.config import TrainConfig
+from genexflow.training.metrics import LOWER_IS_BETTER
+
+#: TPE search space over hidden sizes, learning rate, dropout, GCN and attention depth.
+DEFAULT_SPACE: dict[str, tuple] = {
+    "lr": ("loguniform", 1e-4, 3e-3),
+    "weight_decay": ("loguniform", 1e-5, 1e-2),
+    "model.head_dropout": ("uniform", 0.2, 0.5),
+    "model.head_hidden": ("categorical", [32, 64, 128]),
+    "model.d_model": ("categorical", [16, 32, 64]),
+    "model.transformer_layers": ("int", 1, 2),
+    "model.gcn_layers": ("int", 1, 3),
+    "model.latent_dim": ("categorical", [8, 16, 32]),
+}
+
+#: Grid used when ``sampler="grid"`` and no grid is given.
+DEFAULT_GRID: dict[str, list] = {"lr": [3e-4, 1e-3], "model.head_dropout": [0.2, 0.4]}
+
+
+def apply_params(cfg: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` with flat ``{"lr": .., "model.d_model": ..}`` parameters applied."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"model": {}, "preprocessing": {}}
+    for k, v in params.items():
+        head, _, rest = k.partition(".")
+        if rest:
+            if head not in nested:
+                raise InputError(f"unknown search-space key {k!r}; use a TrainConfig field or model.<field>")
+            nested[head][rest] = v
+        else:
+            top[k] = v
+    changes = {**top, **{k: v for k, v in nested.items() if v}}
+    if "model" in changes and "model.n_heads" not in params and "d_model" in changes["model"]:
+        # keep heads dividing d_model
+        heads = cfg.model.get("n_heads", 4)
+        changes["model"]["n_heads"] = int(np.gcd(int(changes["model"]["d_model"]), int(heads))) or 1
+    return cfg.with_(**changes)
+
+
+def _suggest(trial, name: str, spec: Any) -> Any:
+    if isinstance(spec, list | tuple) and spec and spec[0] in ("loguniform", "uniform", "int", "categorical"):
+        kind = spec[0]
+        if kind == "loguniform":
+            return trial.suggest_float(name, spec[1], spec[2], log=True)
+        if kind == "uniform":
+            return trial.suggest_float(name, spec[1], spec[2])
+        if kind == "int":
+            return trial.suggest_int(name, spec[1], spec[2])
+        return trial.suggest_categorical(name, list(spec[1]))
+    if isinstance(spec, list):
+        return trial.suggest_categorical(name, spec)
+    raise InputError(f"bad search-space entry for {name!r}: {spec!r}")
+
+
+@dataclass
+class HPOResult:
+    """Outcome of :func:`run_hpo`."""
+
+    best_params: dict[str, Any]
+    best_value: float
+    best_config: TrainConfig
+    metric: str
+    trials: pd.DataFrame
+    study: Any = None
+
+    @property
+    def n_pruned(self) -> int:
+        return int((self.trials["state"] == "PRUNED").sum()) if len(self.trials) else 0
+
+
+def run_hpo(
+    cohort: Cohort,
+    cfg: TrainConfig,
+    n_trials: int = 20,
+    sampler: str = "tpe",
+    space: Mapping[str, Any] | None = None,
+    metric: str | None = None,
+    split: str = "stratified",
+    n_splits: int = 3,
+    tracker: Any = None,
+    timeout: float | None = None,
+    pruner: str = "median",
+    on_trial: Callable[[int, float | None, str], None] | None = None,
+) -> HPOResult:
+    """Search hyper-parameters by cross-validated deep-model performance.
+
+    Parameters
+    ----------
+    cohort : Cohort
+    cfg : TrainConfig
+        Base configuration; trials override the searched keys.
+    n_trials : int
+        TPE trials (grid: capped at the grid size).
+    sampler : {"tpe", "grid"}
+    space : mapping, optional
+        TPE space (:data:`DEFAULT_SPACE`) or grid (:data:`DEFAULT_GRID`).
+    metric : str, optional
+        Default ``balanced_accuracy`` (classification) / ``r2`` (regression).
+    split, n_splits : CV inside each trial (split seeds differ from the evaluation CV's).
+    tracker : RunTracker, optional
+        Each trial becomes a nested run of the tracker's run.
+    pruner : {"median", "none"}
+    on_trial : callable ``(number, value, state)``
+    """
+    import optuna
+
+    from genexflow.training.cv import DEEP, cross_validate
+    from genexflow.training.splits import make_splits
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric = metric or ("balanced_accuracy" if cfg.task == "classification" else "r2")
+    direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+    if sampler == "tpe":
+        space = dict(space or DEFAULT_SPACE)
+        samp = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(5, max(1, n_trials // 3)))
+    elif sampler == "grid":
+        space = dict(space or DEFAULT_GRID)
+        if not all(isinstance(v, list) for v in space.values()):
+            raise InputError("a grid search space maps each key to a list of values")
+        samp = optuna.samplers.GridSampler(space, seed=cfg.seed)
+        n_trials = min(n_trials, int(np.prod([len(v) for v in space.values()])))
+    else:
+        raise InputError(f"unknown sampler {sampler!r}; use tpe or grid")
+    prn = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
+           else optuna.pruners.NopPruner())
+    study = optuna.create_study(direction=direction, sampler=samp, pruner=prn)
+
+    from genexflow.training.cv import encode_labels
+
+    labels = encode_labels(cohort, cfg)
+    data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
+    y = labels.y[labels.labeled]
+    batches = data.samples[cfg.batch_column].astype(str).to_numpy() if cfg.batch_column else None
+    # Different shuffles from the evaluation CV, so the search does not tune to the reported folds.
+    splits = make_splits(split, y, batches, n_splits=n_splits, seed=cfg.seed + 7919, task=cfg.task)
+
+    def objective(trial) -> float:
+        params = {k: _suggest(trial, k, v) for k, v in space.items()}
+        tcfg = apply_params(cfg, params)
+        ctx = tracker.child(f"trial-{trial.number:03d}", tags={"hpo.trial": trial.number}) if tracker else None
+        ch = ctx.__enter__() if ctx else None
+        state = "COMPLETE"
+        try:
+            if ch is not None:
+                ch.log_params({**params, "trial": trial.number})
+            values: list[float] = []
+            for i, sp in enumerate(splits):
+                res = cross_validate(data, tcfg, splits=[sp], baselines=[])
+                v = float(res.folds.loc[res.folds["model"] == DEEP, metric].iloc[0])
+                values.append(v if np.isfinite(v) else (1e9 if direction == "minimize" else -1e9))
+                running = float(np.mean(values))
+                trial.report(running, step=i)
+                if ch is not None:
+                    ch.log_metrics({metric: v}, step=i, prefix="fold_")
+                if trial.should_prune():
+                    state = "PRUNED"
+                    raise optuna.TrialPruned()
+            value = float(np.mean(values))
+            if ch is not None:
+                ch.log_metrics({metric: value, f"{metric}_sd": float(np.std(values))})
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Exception:
+            state = "FAIL"
+            raise
+        finally:
+            if ch is not None:
+                ch.set_tags({"hpo.state": state})
+                ctx.__exit__(None, None, None)
+            if on_trial is not None:
+                on_trial(trial.number, trial.user_attrs.get("value"), state)
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=())
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise InputError("no HPO trial completed; check the search space and data size")
+    best = study.best_trial
+    rows = [{"trial": t.number, "state": t.state.name, "value": t.value, **t.params} for t in study.trials]
+    return HPOResult(dict(best.params), float(best.value), apply_params(cfg, best.params), metric,
+                     pd.DataFrame(rows), study)
+
+
+def grid_from_lists(pairs: Sequence[str]) -> dict[str, list]:
+    """Parse ``["lr=1e-4,1e-3", "model.d_model=16,32"]`` into a grid (numbers converted)."""
+    grid: dict[str, list] = {}
+    for p in pairs:
+        k, _, vals = p.partition("=")
+        if not vals:
+            raise InputError(f"grid entry {p!r} must look like key=v1,v2")
+        grid[k.strip()] = [_num(v.strip()) for v in vals.split(",")]
+    return grid
+
+
+def _num(s: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s
