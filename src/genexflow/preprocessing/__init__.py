@@ -1,6 +1,34 @@
 """Preprocessing estimators with Bioconductor parity: normalization, filtering, KNN imputation,
-ComBat, ComBat-seq, and the composed, ONNX-exportable :class:`PreprocessingPipeline`."""
+ComBat, ComBat-seq, and the composed, ONNX-exportable :class:`PreprocessingPipeline`.
+
+See ``docs/preprocessing.md`` for the R references, the parity checks and where Python peers differ.
+"""
 
 from genexflow.preprocessing.combat import ComBat
+from genexflow.preprocessing.combat_seq import ComBatSeq
+from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter, VarianceFilter
+from genexflow.preprocessing.impute import KNNImputer, impute_knn
+from genexflow.preprocessing.normalize import (
+    CPMNormalizer,
+    LengthNormalizer,
+    Log2p1,
+    calc_norm_factors,
+    cpm,
+    read_gene_lengths,
+)
 
-__all__ = ["ComBat"]
+__all__ = [
+    "CPMNormalizer",
+    "ComBat",
+    "ComBatSeq",
+    "FilterByExpr",
+    "KNNImputer",
+    "LengthNormalizer",
+    "Log2p1",
+    "LowCountFilter",
+    "VarianceFilter",
+    "calc_norm_factors",
+    "cpm",
+    "impute_knn",
+    "read_gene_lengths",
+]
