@@ -1,1 +1,41 @@
-"""genexflow.monitoring (installed from the top-level monitoring/ folder)."""
+"""genexflow.monitoring: drift monitoring that triggers retraining (installed from the top-level
+``monitoring/`` folder).
+
+======================  ===================================================================================
+module                  what
+======================  ===================================================================================
+``profile``             :func:`build_reference_profile` / :class:`ReferenceProfile` (saved in the bundle)
+``detectors``           gene (KS/PSI/Wasserstein + BH), Evidently features, unseen batch, covariate shift,
+                        latent novelty, performance decay: ``fit(reference)`` / ``score(new)`` -> report
+``policy``              :class:`DriftPolicy` (every threshold), ``decide`` -> :class:`DriftDecision`,
+                        :class:`CooldownStore`
+``check``               :func:`drift_check`: reports (Evidently HTML/JSON, gene table), decision, MLflow
+``trigger``             :func:`trigger_retrain`: kfp.local training run or a KFP submission, with cooldown
+``metrics``             Prometheus textfile / scrape endpoint; ``alerts.yaml``, ``grafana_dashboard.json``
+``scenarios``           drift scenarios on simulated cohorts (tests, demos, benchmarks)
+======================  ===================================================================================
+
+Names are imported lazily so ``import genexflow.monitoring`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ReferenceProfile": "profile", "build_reference_profile": "profile",
+    "GeneDriftDetector": "detectors", "FeatureDriftDetector": "detectors", "UnseenBatchDetector": "detectors",
+    "CovariateShiftDetector": "detectors", "LatentNoveltyDetector": "detectors",
+    "PerformanceDecayDetector": "detectors",
+    "DriftPolicy": "policy", "DriftDecision": "policy", "CooldownStore": "policy", "decide": "policy",
+    "drift_check": "check", "compute_reports": "check", "DriftResult": "check", "ModelOutputs": "check",
+    "trigger_retrain": "trigger", "TriggerResult": "trigger",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"genexflow.monitoring.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'genexflow.monitoring' has no attribute {name!r}")

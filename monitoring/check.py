@@ -41,6 +41,8 @@ class ModelOutputs:
     predictions: Any = None  # (n,) values/labels or (n, n_classes) probabilities
     latent: Any = None  # (n, k)
     pathway_scores: Any = None  # (n, P) when the profile stores the model's pathway scores
+    reference_metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the bundle's CV metrics
+    error: str | None = None  # why the model could not score the cohort (the check goes on without it)
 
 
 @dataclass
@@ -144,22 +146,34 @@ def compute_reports(
     reports["novelty"] = LatentNoveltyDetector(quantile=policy.novelty_quantile).fit(reference).score(features)
     label_column = label_column or reference.meta.get("label_column")
     if outputs.predictions is not None and label_column and label_column in new.samples.columns:
-        reports["performance"] = PerformanceDecayDetector().fit(reference).score(
-            new.samples[label_column].to_numpy(), outputs.predictions)
+        det = PerformanceDecayDetector().fit(reference)
+        ref_value = outputs.reference_metrics.get(det.metric_)
+        if isinstance(ref_value, int | float):  # honest (cross-validated) reference when the bundle has one
+            det = PerformanceDecayDetector(reference_value=float(ref_value)).fit(reference)
+        reports["performance"] = det.score(new.samples[label_column].to_numpy(), outputs.predictions)
     return reports, features
 
 
 def model_outputs_from_bundle(bundle: Path, cohort: Cohort) -> ModelOutputs:
-    """Predictions and latent coordinates of a bundle's model on ``cohort`` when the model API is
-    available (``genexflow.model.predict_bundle``); empty outputs otherwise."""
+    """Predictions and latent coordinates of a bundle's model on ``cohort``
+    (:meth:`genexflow.training.model.TrainedModel.predict_arrays`), with the bundle's cross-validated
+    metrics as the performance reference. A model that cannot score the cohort (e.g. a covariate column
+    is missing) does not stop the check: the error is reported and the model-free detectors still run."""
+    from genexflow.errors import GenexflowError
+
     try:
-        from genexflow.model import predict_bundle  # type: ignore[attr-defined]
-    except ImportError:
-        return ModelOutputs()
-    out = predict_bundle(bundle, cohort, return_latent=True)
-    if isinstance(out, dict):
-        return ModelOutputs(predictions=out.get("probabilities", out.get("predictions")), latent=out.get("latent"))
-    return ModelOutputs(predictions=out)
+        from genexflow.training.model import TrainedModel
+    except ImportError as exc:
+        return ModelOutputs(error=f"model code not available ({exc})")
+    try:
+        model = TrainedModel.load(bundle)
+        out = model.predict_arrays(cohort)
+    except (GenexflowError, FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        return ModelOutputs(error=f"the model could not score the new cohort: {exc}")
+    info = model.info
+    preds = out.get("proba") if info.task == "classification" else out.get("prediction")
+    metrics = {k: v for k, v in (info.metrics or {}).items() if isinstance(v, int | float)}
+    return ModelOutputs(predictions=preds, latent=out.get("latent"), reference_metrics=metrics)
 
 
 def drift_check(
@@ -224,6 +238,8 @@ def drift_check(
                                         evidently=evidently, feature_groups=feature_groups,
                                         max_pathways=max_pathways)
     decision = policy.decide(reports, n_samples=cohort.n_samples)
+    if outputs is not None and outputs.error:
+        decision.notes.append(outputs.error)
     decision.evidence["check"] = {"cohort": cohort.name, "n_samples": cohort.n_samples, "n_genes": cohort.n_genes,
                                   "reference": ref_desc, "model_key": key, "seconds": round(time.time() - t0, 3)}
 
@@ -306,3 +322,27 @@ def _log_mlflow(result: DriftResult, policy: DriftPolicy, tracking_uri: str | No
         mlflow.log_dict(d.to_dict(), "decision.json")
         mlflow.log_artifacts(str(result.out_dir), artifact_path="drift")
         return run.info.run_id
+
+
+def record_trigger(result: DriftResult, trigger: Any, mlflow_tracking_uri: str | None = None) -> None:
+    """Add a :class:`~genexflow.monitoring.trigger.TriggerResult` to a check's outputs: ``decision.json``
+    (``trigger``), ``drift.prom`` (retrain timestamp) and the MLflow run's tags."""
+    from genexflow.monitoring import metrics as drift_metrics
+
+    result.trigger = trigger
+    path = result.out_dir / "decision.json"
+    data = json.loads(path.read_text())
+    data["trigger"] = trigger.to_dict()
+    path.write_text(json.dumps(data, indent=1, default=str))
+    drift_metrics.write_textfile(result, result.out_dir / "drift.prom")
+    if result.mlflow_run_id and mlflow_tracking_uri != "none":
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri) if mlflow_tracking_uri else mlflow.MlflowClient()
+        tags = {"genexflow.retrain_triggered": "yes" if trigger.triggered else "no",
+                "genexflow.retrain_mode": trigger.mode, "genexflow.retrain_reason": trigger.reason[:250]}
+        if trigger.run_id:
+            tags["genexflow.retrain_run"] = str(trigger.run_id)[:250]
+        for k, v in tags.items():
+            client.set_tag(result.mlflow_run_id, k, v)
+        client.log_dict(result.mlflow_run_id, trigger.to_dict(), "trigger.json")

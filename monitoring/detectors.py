@@ -740,9 +740,12 @@ class PerformanceDecayDetector:
     Parameters
     ----------
     metric : str, optional
-        ``f1_macro`` (default for classification), ``accuracy``, ``rmse`` (default for regression), ``r2``.
+        ``balanced_accuracy`` (default for classification), ``accuracy``, ``macro_f1``, ``rmse`` (default
+        for regression), ``r2``.
     reference_value : float, optional
-        Overrides the profile's reference value (e.g. the bundle's validation metric).
+        Overrides the profile's reference value: prefer the bundle's cross-validated metric, since the
+        profile's own value comes from predictions on the training rows (optimistic) unless out-of-fold
+        predictions were given.
     """
 
     def __init__(self, metric: str | None = None, reference_value: float | None = None):
@@ -752,7 +755,7 @@ class PerformanceDecayDetector:
     def fit(self, reference: ReferenceProfile | str | Path) -> PerformanceDecayDetector:
         ref = _check_profile(reference)
         self.task_ = ref.meta.get("task") or "classification"
-        self.metric_ = self.metric or ("rmse" if self.task_ == "regression" else "f1_macro")
+        self.metric_ = self.metric or ("rmse" if self.task_ == "regression" else "balanced_accuracy")
         perf = ref.meta.get("performance") or {}
         self.reference_value_ = (self.reference_value if self.reference_value is not None
                                  else perf.get(self.metric_))

@@ -411,7 +411,8 @@ def _fit_pca(Z: np.ndarray, fit_rows: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 
 def reference_performance(labels: Any, predictions: pd.DataFrame, task: str) -> dict[str, float]:
-    """Performance of predictions against labels: accuracy and macro F1, or RMSE and R^2."""
+    """Performance of predictions against labels: accuracy, balanced accuracy and macro F1, or RMSE and
+    R^2 (the names the training metrics use, so a bundle's CV metrics can serve as the reference)."""
     from sklearn import metrics
 
     y = pd.Series(labels).to_numpy()
@@ -426,7 +427,8 @@ def reference_performance(labels: Any, predictions: pd.DataFrame, task: str) -> 
     yhat = predictions["pred_label"].astype(str).to_numpy()[ok]
     yt = y[ok].astype(str)
     return {"accuracy": float(metrics.accuracy_score(yt, yhat)),
-            "f1_macro": float(metrics.f1_score(yt, yhat, average="macro", zero_division=0)),
+            "balanced_accuracy": float(metrics.balanced_accuracy_score(yt, yhat)),
+            "macro_f1": float(metrics.f1_score(yt, yhat, labels=np.unique(yt), average="macro", zero_division=0)),
             "n_labelled": int(ok.sum())}
 
 
