@@ -352,8 +352,9 @@ class Trainer:
         if dist_info.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
-                        find_unused_parameters=True)
+            # Every parameter takes part in each forward (true for PathwayNet); a module with optional
+            # branches that skips some must disable them in its config rather than leave them unused.
+            model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
         opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         n = len(train)
