@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with ``error: <message>`` on a GenexflowError."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("GENEXFLOW_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        # standalone_mode=False makes click *return* the code of typer.Exit(n) instead of exiting
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except GenexflowError as exc:
         if debug:
             raise
