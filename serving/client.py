@@ -290,6 +290,8 @@ class TritonClient:
 def _retryable(exc: Any) -> bool:
     status = str(exc.status() or "")
     msg = str(exc.message() or "").lower()
+    if "load failed" in msg or "failed to load" in msg:
+        return False  # the model itself is broken: retrying the same load cannot help
     if any(s in status for s in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "503", "502", "504")):
         return True
     if "timed out" in msg or "deadline" in msg or "socket" in msg or "connect" in msg:

@@ -15,6 +15,7 @@ promote a version without a passing ``infra.decision`` tag.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -69,7 +70,7 @@ def canary_feeds(artifact: ServingArtifact, cohort: Any = None, n_random: int = 
 
 
 def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = None,
-                   repository: str | Path | None = None, cohort: Any = None, model_name: str = CANARY_MODEL,
+                   grpc_url: str | None = None, repository: str | Path | None = None, cohort: Any = None, model_name: str = CANARY_MODEL,
                    atol: float = 1e-5, n_random: int = 32, protocols: tuple[str, ...] = ("http", "grpc"),
                    timeout_s: float = 120.0) -> InfraResult:
     """Load ``artifact`` in a real Triton and compare canary answers with onnxruntime.
@@ -79,6 +80,8 @@ def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = 
     url, repository : str, optional
         A running server (explicit model control) and the model repository it serves. When both are
         omitted a local server is started on a temporary repository for the check and stopped afterwards.
+    grpc_url : str, optional
+        gRPC address of the running server (default: the HTTP port + 1).
     cohort : Cohort, optional
         Real samples for the canary requests (recommended: the held-out set).
     atol : float
@@ -88,18 +91,19 @@ def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = 
     if (url is None) != (repository is None):
         raise InputError("pass both url and repository (a running server) or neither (start a local one)")
     if url is not None:
-        return _validate(art, url, Path(repository), cohort, model_name, atol, n_random, protocols, timeout_s)
+        return _validate(art, url, Path(repository), cohort, model_name, atol, n_random, protocols, timeout_s,
+                         grpc_url=grpc_url)
     from genexflow.serving.triton_server import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="genexflow-infra-") as tmp:
-        server = TritonServer(Path(tmp))
+        server = TritonServer(Path(tmp), models=[])
         try:
             server.start()
         except GenexflowError as exc:
             return InfraResult(False, f"could not start a local Triton server: {exc}")
         try:
             return _validate(art, server.url, Path(tmp), cohort, model_name, atol, n_random, protocols,
-                             timeout_s, grpc_url=getattr(server, "grpc_url", None))
+                             timeout_s, grpc_url=f"grpc://{server.grpc_url}")
         finally:
             server.stop()
 
@@ -112,6 +116,10 @@ def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, mod
 
     checks: dict[str, Any] = {}
     repo = ModelRepository(repository)
+    if repo.model_dir(model_name).exists():
+        # the canary model is ours alone: start from a clean slate so any artifact can be checked
+        _cleanup(TritonClient(url, model_name, timeout_s=timeout_s, retries=0))
+        shutil.rmtree(repo.model_dir(model_name))
     try:
         version, _ = repo.add_version(art, model_name, registry={"purpose": "infra-validation"},
                                       expected_sha256=art.sha256)
@@ -120,7 +128,8 @@ def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, mod
     http = TritonClient(url, model_name, timeout_s=timeout_s, retries=1)
     clients = {"http": http}
     if "grpc" in protocols:
-        clients["grpc"] = TritonClient(grpc_url or _grpc_url(url), model_name, "grpc", timeout_s=timeout_s, retries=1)
+        clients["grpc"] = TritonClient(grpc_url or _grpc_url(url), model_name, "grpc", timeout_s=timeout_s,
+                                       retries=1)
     t0 = time.perf_counter()
     try:
         http.load(version=version)
@@ -178,9 +187,18 @@ def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, mod
                        worst, n_req, n_rows, load_s, checks)
 
 
-def _cleanup(client: Any) -> None:
+def _cleanup(client: Any, timeout_s: float = 30.0) -> None:
+    """Unload the canary and wait until it is gone: while a model is UNLOADING, a strict-readiness
+    Triton reports not-ready, and the check must leave the server as it found it."""
     try:
         client.unload()
+        t_end = time.monotonic() + timeout_s
+        while time.monotonic() < t_end:
+            idx = client._call("get_model_repository_index")
+            rows = idx if isinstance(idx, list) else [{"name": m.name, "state": m.state} for m in idx.models]
+            if not any(r.get("name") == client.model_name and r.get("state") == "UNLOADING" for r in rows):
+                break
+            time.sleep(0.1)
     except GenexflowError:
         pass
 

@@ -105,7 +105,7 @@ def triton_server():
             _CACHE["triton-skip"] = f"local Triton environment could not be created: {exc}"
             pytest.skip(str(_CACHE["triton-skip"]))
         repo = Path(tempfile.mkdtemp(prefix="gxf-triton-repo-"))
-        server = ts.TritonServer(repo)
+        server = ts.TritonServer(repo, models=[])
         server.start()
         _CACHE["triton"] = (server, repo)
         atexit.register(server.stop)

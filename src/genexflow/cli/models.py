@@ -91,6 +91,7 @@ def models_validate(
     version: str = typer.Option("challenger", "--version", help="Version number or alias."),
     heldout: Path | None = typer.Option(None, help="Cohort whose samples become canary requests."),
     url: str | None = typer.Option(None, help="Running Triton (HTTP URL); default: start a local one."),
+    grpc_url: str | None = typer.Option(None, help="gRPC address of the running server (default: HTTP port + 1)."),
     repository: Path | None = typer.Option(None, help="Model repository of the running server (with --url)."),
     atol: float = typer.Option(1e-5, help="Allowed difference from in-process onnxruntime."),
 ) -> None:
@@ -100,7 +101,8 @@ def models_validate(
 
     cohort = Cohort.read(heldout) if heldout else None
     with step("infra validation"):
-        r = validate_registered(_registry(tracking_uri), name, version, url=url, repository=repository,
+        r = validate_registered(_registry(tracking_uri), name, version, url=url, grpc_url=grpc_url,
+                                repository=repository,
                                 cohort=cohort, atol=atol)
     console.print(f"[{'green' if r.passed else 'red'}]{'PASS' if r.passed else 'FAIL'}[/] {r.reason}")
     if not r.passed:

@@ -32,7 +32,7 @@ def serve(
     artifact: Path | None = typer.Option(None, help="Serve this exported artifact instead of a registry version."),
     repository: Path = typer.Option(Path(".genexflow/triton"), "--repository", help="Triton model repository."),
     model_name: str = _MODEL,
-    http_port: int = typer.Option(8000, help="HTTP port (gRPC = +1, metrics = +2)."),
+    http_port: int | None = typer.Option(None, help="HTTP port (gRPC = +1, metrics = +2); default: free ports."),
     no_block: bool = typer.Option(False, "--no-block", help="Start, load, print the URL and return "
                                   "(the server keeps running; stop it with SIGTERM to the printed pid)."),
 ) -> None:
@@ -45,7 +45,9 @@ def serve(
     from genexflow.serving.triton_server import TritonServer
 
     repository.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(repository, http_port=http_port)
+    # models=[]: start empty, then deploy + load exactly the model asked for (explicit control mode)
+    ports = (http_port, http_port + 1, http_port + 2) if http_port else (None, None, None)
+    server = TritonServer(repository, *ports, models=[], run_dir=repository.parent / "triton-run")
     with step("start tritonserver"):
         server.start()
     try:
@@ -54,11 +56,12 @@ def serve(
                 res = deploy(artifact, repository, model_name, server.url)
             else:
                 res = Registry(tracking_uri).deploy(name, model, repository, url=server.url, model_name=model_name)
-        console.print(f"serving {model_name} (Triton version {res.triton_version}) at {server.url}", markup=False)
+        console.print(f"serving {model_name} (Triton version {res.triton_version}) at {server.url} "
+                      f"and grpc://{server.grpc_url}", markup=False)
         if no_block:
             pid = getattr(server, "pid", None)
             console.print(f"server pid {pid}; stop with: kill -TERM {pid}", markup=False)
-            server.detach() if hasattr(server, "detach") else None
+            server.detach()
             return
         stop = {"flag": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
