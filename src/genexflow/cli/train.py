@@ -37,6 +37,7 @@ def train(
     gene_sets: str = typer.Option(None, "--gene-sets", help="kegg, go_bp, progeny or a GMT path [default: kegg]."),
     seed: int = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+    preset: str = typer.Option(None, "--preset", help="Model size: tiny, small or default [default: default]."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
     set_: list[str] = typer.Option(None, "--set", help="Override KEY=VALUE (repeatable), e.g. model.d_model=32, "
                                                          "noise_std=0.1, preprocessing.combat=false."),
@@ -55,14 +56,21 @@ def train(
     """
     from rich.table import Table
 
+    from genexflow.errors import InputError
+    from genexflow.training.config import MODEL_PRESETS
     from genexflow.training.cv import DEEP
     from genexflow.training.inputs import build_config, load_training_cohort, parse_sets
     from genexflow.training.run import Hooks, train_and_track
     from genexflow.training.splits import make_splits
 
+    if preset is not None and preset not in MODEL_PRESETS:
+        raise InputError(f"unknown preset {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
     c, path = load_training_cohort(cohort, samples, value_type)
+    overrides = parse_sets(set_)
+    if preset:
+        overrides["model"] = {**MODEL_PRESETS[preset], **overrides.get("model", {})}
     cfg = build_config(
-        config, parse_sets(set_), task=task, label=label, batch_column=batch_column,
+        config, overrides, task=task, label=label, batch_column=batch_column,
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,
         seed=seed, device=device,
     )

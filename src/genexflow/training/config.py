@@ -13,6 +13,17 @@ from genexflow.errors import InputError
 
 TASKS = ("classification", "regression")
 
+#: Model sizes by name (``TrainConfig(model=MODEL_PRESETS["small"])``, ``genexflow train --preset small``).
+#: ``tiny`` is for smoke tests, ``small`` suits cohorts of tens to hundreds of samples on a CPU; the
+#: empty ``default`` keeps the PathwayNetConfig defaults.
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": {"gcn_dim": 4, "gcn_layers": 1, "readout_dims": [32, 16], "d_model": 16, "n_heads": 2,
+             "transformer_layers": 1, "ff_dim": 32, "ae_hidden": 32, "latent_dim": 8, "head_hidden": 32},
+    "small": {"gcn_dim": 8, "gcn_layers": 2, "readout_dims": [128, 64], "d_model": 32, "n_heads": 4,
+              "transformer_layers": 1, "ff_dim": 64, "ae_hidden": 128, "latent_dim": 16, "head_hidden": 64},
+    "default": {},
+}
+
 
 @dataclass
 class TrainConfig:

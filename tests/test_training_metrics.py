@@ -1,0 +1,128 @@
+"""Metrics, bootstrap intervals, splits and the training config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from genexflow.errors import InputError
+from genexflow.training.config import TrainConfig
+from genexflow.training.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    confusion,
+    expected_calibration_error,
+    regression_metrics,
+    summarize,
+)
+from genexflow.training.splits import leave_one_batch_out, make_splits, stratified_kfold, train_val_split
+
+
+def _proba(n=120, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.0 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, p
+
+
+def test_classification_metrics_match_sklearn():
+    y, p = _proba()
+    m = classification_metrics(y, p)
+    pred = p.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-6)
+    onehot = np.eye(3)[y]
+    assert m["pr_auc"] == pytest.approx(np.mean([skm.average_precision_score(onehot[:, c], p[:, c]) for c in range(3)]))
+
+
+def test_binary_auc_and_single_class_rows():
+    y, p = _proba(k=2)
+    assert classification_metrics(y, p)["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
+    one = classification_metrics(np.zeros(5, int), p[:5])
+    assert np.isnan(one["roc_auc"]) and one["balanced_accuracy"] == pytest.approx((p[:5].argmax(1) == 0).mean())
+
+
+def test_ece_perfect_and_overconfident():
+    y = np.array([0, 1, 0, 1])
+    perfect = np.eye(2)[y]
+    assert expected_calibration_error(y, perfect) == 0.0
+    wrong = np.eye(2)[1 - y] * 0.99 + 0.005
+    assert expected_calibration_error(y, wrong) > 0.9
+
+
+def test_regression_metrics():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=50)
+    p = y + rng.normal(scale=0.3, size=50)
+    m = regression_metrics(y, p)
+    assert m["r2"] == pytest.approx(skm.r2_score(y, p))
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(y, p))
+    assert m["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, p)))
+
+
+def test_bootstrap_ci_brackets_the_point_estimate():
+    y, p = _proba(n=200)
+    ci = bootstrap_ci(classification_metrics, y, p, n_boot=200, seed=0)
+    point = classification_metrics(y, p)
+    for k in ("accuracy", "balanced_accuracy", "roc_auc"):
+        lo, hi = ci[k]
+        assert lo < point[k] < hi
+        assert hi - lo < 0.25
+
+
+def test_confusion_and_summary():
+    cm = confusion(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    s = summarize([{"a": 1.0}, {"a": 3.0}, {"a": np.nan}])
+    assert s["a"] == (2.0, pytest.approx(np.sqrt(2)))
+
+
+def test_stratified_kfold_is_stratified_disjoint_and_repeated():
+    y = np.repeat([0, 1, 2], [30, 20, 10])
+    sp = stratified_kfold(y, 5, n_repeats=2, seed=3)
+    assert len(sp) == 10
+    for rep in (0, 1):
+        tests = np.concatenate([s.test for s in sp if s.repeat == rep])
+        assert sorted(tests) == list(range(60))  # each row tested exactly once per repeat
+    for s in sp:
+        assert not set(s.train) & set(s.test)
+        assert np.bincount(y[s.test], minlength=3).tolist() == [6, 4, 2]
+    assert not np.array_equal(sp[0].test, sp[5].test)  # repeats reshuffle
+    with pytest.raises(InputError, match="smallest class"):
+        stratified_kfold(np.repeat([0, 1], [30, 3]), 5)
+
+
+def test_leave_one_batch_out():
+    b = np.array(["2", "10", "1", "2", "10", "1", "2"])
+    y = np.array([0, 1, 0, 1, 0, 1, 1])
+    sp = leave_one_batch_out(b, y)
+    assert [s.group for s in sp] == ["1", "2", "10"]  # natural order
+    for s in sp:
+        assert set(b[s.test]) == {s.group} and s.group not in set(b[s.train])
+    with pytest.raises(InputError, match="no training sample of class"):
+        leave_one_batch_out(np.array(["a", "a", "b", "b"]), np.array([0, 0, 1, 1]))
+    with pytest.raises(InputError, match="batch column"):
+        make_splits("lobo", y)
+
+
+def test_train_val_split_stratified():
+    y = np.repeat([0, 1], [40, 20])
+    tr, va = train_val_split(y, 0.25, seed=0)
+    assert len(va) == 15 and not set(tr) & set(va)
+    assert np.bincount(y[va]).tolist() == [10, 5]
+
+
+def test_config_refuses_label_as_covariate_and_bad_values():
+    with pytest.raises(InputError, match="unknown at inference"):
+        TrainConfig(label="label", covariates=["age", "label"])
+    with pytest.raises(InputError, match="patience"):
+        TrainConfig(patience=0)
+    cfg = TrainConfig(model={"d_model": 16})
+    assert cfg.with_(model={"n_heads": 2}).model == {"d_model": 16, "n_heads": 2}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.flat_params()["model.d_model"] == 16
