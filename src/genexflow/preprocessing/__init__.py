@@ -16,6 +16,7 @@ from genexflow.preprocessing.normalize import (
     cpm,
     read_gene_lengths,
 )
+from genexflow.preprocessing.pipeline import PreprocessingConfig, PreprocessingPipeline
 
 __all__ = [
     "CPMNormalizer",
@@ -26,6 +27,8 @@ __all__ = [
     "LengthNormalizer",
     "Log2p1",
     "LowCountFilter",
+    "PreprocessingConfig",
+    "PreprocessingPipeline",
     "VarianceFilter",
     "calc_norm_factors",
     "cpm",

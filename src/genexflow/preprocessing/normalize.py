@@ -39,6 +39,10 @@ LOG2_1E6 = np.log2(1e6)
 # --------------------------------------------------------------------------- pure edgeR functions
 def check_counts(X: np.ndarray, what: str = "count matrix", names=None) -> None:
     check_finite(X, what, names, hint="counts cannot be missing; impute or drop those genes")
+    check_nonnegative(X, what)
+
+
+def check_nonnegative(X: np.ndarray, what: str = "count matrix") -> None:
     if (X < 0).any():
         raise InputError(f"{what} has negative values; CPM/TMM need raw non-negative counts")
 
@@ -47,10 +51,10 @@ def upper_quartile_fractions(X: np.ndarray, lib_size: np.ndarray, p: float = 0.7
     """edgeR ``.calcFactorQuantile``: per-sample ``quantile(counts, p) / lib.size`` (R type 7).
 
     ``X`` is (n_samples, n_genes); genes with zero counts in every sample are dropped first, as
-    ``calcNormFactors`` does.
+    ``calcNormFactors`` does. Missing values (only allowed in :class:`CPMNormalizer`) are skipped.
     """
     keep = (X > 0).any(axis=0)
-    return np.quantile(X[:, keep], p, axis=1) / lib_size
+    return np.nanquantile(X[:, keep], p, axis=1) / lib_size
 
 
 def tmm_reference_column(X: np.ndarray, lib_size: np.ndarray) -> int:
@@ -161,6 +165,10 @@ def cpm(X: Any, lib_size: np.ndarray | None = None, log: bool = False, prior_cou
     L = X.sum(axis=1) if lib_size is None else np.asarray(lib_size, np.float64)
     if (L <= 0).any():
         raise InputError(f"{int((L <= 0).sum())} samples have library size 0; remove empty libraries")
+    return _cpm_values(X, L, log, prior_count, mean_lib_size)
+
+
+def _cpm_values(X, L, log, prior_count, mean_lib_size=None) -> np.ndarray:
     if not log:
         return X * 1e6 / L[:, None]
     ave = L.mean() if mean_lib_size is None else float(mean_lib_size)
@@ -215,10 +223,14 @@ class CPMNormalizer(TransformerMixin, BaseEstimator):
         self.a_cutoff = a_cutoff
 
     def fit(self, X: Any, y: Any = None, **_: Any) -> CPMNormalizer:
-        """Freeze the TMM reference and the library-size scale from training counts (n_samples, n_genes)."""
+        """Freeze the TMM reference and the library-size scale from training counts (n_samples, n_genes).
+
+        Missing counts (NaN; edgeR rejects them) are left out of library sizes and TMM and stay missing
+        in the output, for the imputer that follows in a pipeline.
+        """
         X, names = as_matrix(X, "count matrix")
-        check_counts(X, names=names)
-        lib = X.sum(axis=1)
+        check_nonnegative(X)
+        lib = np.nansum(X, axis=1)
         if (lib <= 0).any():
             raise InputError(f"{int((lib <= 0).sum())} samples have no counts; remove empty libraries")
         self.n_features_in_ = X.shape[1]
@@ -228,7 +240,7 @@ class CPMNormalizer(TransformerMixin, BaseEstimator):
             ref = tmm_reference_column(X, lib)
             raw = self._raw_factors(X, lib, X[ref], lib[ref])
             self.ref_index_ = ref
-            self.ref_counts_ = X[ref].copy()
+            self.ref_counts_ = np.nan_to_num(X[ref], nan=0.0)  # a missing reference count: gene left out
             self.ref_lib_size_ = float(lib[ref])
             self.factor_scale_ = float(np.exp(np.mean(np.log(raw))))
         else:
@@ -250,19 +262,19 @@ class CPMNormalizer(TransformerMixin, BaseEstimator):
         check_fitted(self, "norm_factors_")
         if self.ref_counts_ is None:
             return np.ones(X.shape[0])
-        return self._raw_factors(X, X.sum(axis=1), self.ref_counts_, self.ref_lib_size_) / self.factor_scale_
+        return self._raw_factors(X, np.nansum(X, axis=1), self.ref_counts_, self.ref_lib_size_) / self.factor_scale_
 
     def transform(self, X: Any) -> np.ndarray:
         """(log-)CPM of counts of shape (n_samples, n_genes) -> float64 of the same shape."""
         check_fitted(self, "norm_factors_")
         X, names = as_matrix(X, "count matrix")
         check_n_genes(self, X, names)
-        check_counts(X, names=names)
-        lib = X.sum(axis=1)
+        check_nonnegative(X)
+        lib = np.nansum(X, axis=1)
         if (lib <= 0).any():
             raise InputError(f"{int((lib <= 0).sum())} samples have no counts; remove empty libraries")
         eff = lib * self.norm_factors(X)
-        return cpm(X, eff, log=self.log, prior_count=self.prior_count, mean_lib_size=self.mean_lib_size_)
+        return _cpm_values(X, eff, self.log, self.prior_count, self.mean_lib_size_)
 
 
 class Log2p1(TransformerMixin, BaseEstimator):

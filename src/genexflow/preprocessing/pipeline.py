@@ -1,0 +1,358 @@
+"""One fitted, picklable preprocessing pipeline, also available as a frozen torch module.
+
+Steps (each optional, chosen by :class:`PreprocessingConfig` and the cohort's value type):
+
+1. gene filter on the raw values: counts -> :class:`LowCountFilter` (or ``filterByExpr``); other value
+   types -> :class:`VarianceFilter` (drops genes constant in training, or within a batch when ComBat
+   runs, since ComBat cannot scale them);
+2. normalization: counts -> TMM log-CPM (edgeR); TPM/FPKM -> log2(x + 1); log-expression -> none;
+3. missing values: KNN imputation (impute.knn; frozen neighbour genes for new samples) or, without an
+   imputer, the training gene means (so no NaN reaches a model, in numpy or ONNX);
+4. ComBat with a batch column and sample-sheet covariates (frozen parameters);
+5. per-gene standardization (training mean and standard deviation, ddof 0, as StandardScaler).
+
+:meth:`PreprocessingPipeline.to_torch` returns the same transform as a torch module for the ONNX
+graph (see :mod:`.torch_ops`). At inference the label is unknown, so ComBat covariates in a serving
+pipeline must be sample-sheet columns known at inference (sex, tissue, site), never the outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from genexflow.cohort import Cohort, ValueType
+from genexflow.errors import InputError
+from genexflow.preprocessing._utils import as_matrix, check_fitted
+from genexflow.preprocessing.combat import ComBat
+from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter, VarianceFilter
+from genexflow.preprocessing.impute import KNNImputer
+from genexflow.preprocessing.normalize import CPMNormalizer, Log2p1
+
+
+@dataclass
+class PreprocessingConfig:
+    """Settings of :class:`PreprocessingPipeline`. ``"auto"`` picks by value type.
+
+    Attributes
+    ----------
+    value_type : {"auto", "counts", "tpm", "fpkm", "log-expression"}
+        ``"auto"`` takes the cohort's value type.
+    filter : {"auto", "low-count", "filter-by-expr", "variance", "none"}
+        ``"auto"``: counts -> low-count, others -> variance.
+    min_count, max_fraction_below : low-count rule (drop genes with < 5 counts in > 80% of samples).
+    normalization : {"auto", "tmm-logcpm", "logcpm", "cpm", "log2p1", "none"}
+        ``"auto"``: counts -> tmm-logcpm, tpm/fpkm -> log2p1, log-expression -> none.
+    prior_count : edgeR prior count for log-CPM.
+    impute : {"auto", "knn", "mean"}
+        ``"auto"``: KNN when the training data has missing values, else training means.
+    knn_k : neighbours for KNN.
+    batch_column : sample-sheet column for ComBat (None: no ComBat).
+    covariates : sample-sheet columns kept in ComBat's design (must be known at inference).
+    combat_parametric, combat_mean_only, reference_batch, unseen_batch : ComBat options.
+    scale : per-gene standardization at the end.
+    """
+
+    value_type: str = "auto"
+    filter: str = "auto"
+    min_count: float = 5
+    max_fraction_below: float = 0.8
+    normalization: str = "auto"
+    prior_count: float = 2.0
+    impute: str = "auto"
+    knn_k: int = 10
+    batch_column: str | None = None
+    covariates: list[str] = field(default_factory=list)
+    combat_parametric: bool = True
+    combat_mean_only: bool = False
+    reference_batch: Any = None
+    unseen_batch: str = "error"
+    scale: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PreprocessingPipeline:
+    """Filter -> normalize -> impute -> ComBat -> scale, fitted on training samples.
+
+    Parameters
+    ----------
+    config : PreprocessingConfig, optional
+
+    Attributes
+    ----------
+    genes_in_ : ndarray of str
+        Training input genes, in the order ``transform`` and the torch module expect.
+    genes_out_ : ndarray of str
+        Genes kept, in output order.
+    value_type_ : ValueType
+    filter_, normalizer_, imputer_, combat_ : fitted estimators (or None)
+    fill_means_ : ndarray or None
+        Training gene means used for missing values when there is no imputer.
+    scale_mean_, scale_sd_ : ndarray or None
+    batch_column_, covariates_ : the sample-sheet columns ComBat uses
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from genexflow.cohort import Cohort
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(8, 1, size=(12, 30)) + np.repeat([0, 1.5], 6)[:, None]
+    >>> samples = pd.DataFrame({"batch": np.repeat(["a", "b"], 6)}, index=[f"s{i}" for i in range(12)])
+    >>> c = Cohort(X.astype(np.float32), [f"g{i}" for i in range(30)], samples, value_type="log-expression")
+    >>> pipe = PreprocessingPipeline().fit(c, batch_column="batch")
+    >>> pipe.transform(c).shape
+    (12, 30)
+    """
+
+    def __init__(self, config: PreprocessingConfig | None = None):
+        self.config = config or PreprocessingConfig()
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve(self, cohort_vt: ValueType) -> dict:
+        cfg = self.config
+        vt = cohort_vt if cfg.value_type == "auto" else ValueType.parse(cfg.value_type)
+        flt = cfg.filter
+        if flt == "auto":
+            flt = "low-count" if vt == ValueType.COUNTS else "variance"
+        norm = cfg.normalization
+        if norm == "auto":
+            norm = {ValueType.COUNTS: "tmm-logcpm", ValueType.TPM: "log2p1", ValueType.FPKM: "log2p1"}.get(vt, "none")
+        if flt not in ("low-count", "filter-by-expr", "variance", "none"):
+            raise InputError(f"unknown filter {flt!r}; use auto, low-count, filter-by-expr, variance or none")
+        if norm not in ("tmm-logcpm", "logcpm", "cpm", "log2p1", "none"):
+            raise InputError(f"unknown normalization {norm!r}; use auto, tmm-logcpm, logcpm, cpm, log2p1 or none")
+        if norm in ("tmm-logcpm", "logcpm", "cpm") and vt != ValueType.COUNTS:
+            raise InputError(f"normalization {norm} needs raw counts but the value type is {vt.value}")
+        if cfg.impute not in ("auto", "knn", "mean"):
+            raise InputError(f"unknown impute {cfg.impute!r}; use auto, knn or mean")
+        return {"value_type": vt, "filter": flt, "normalization": norm}
+
+    @staticmethod
+    def _sheet_columns(samples: pd.DataFrame | None, columns: list[str], what: str) -> pd.DataFrame | None:
+        if not columns:
+            return None
+        if samples is None:
+            raise InputError(f"{what} {', '.join(columns)} need a sample sheet (pass a Cohort)")
+        missing = [c for c in columns if c not in samples.columns]
+        if missing:
+            raise InputError(f"sample sheet has no column {', '.join(missing)}; available: "
+                             f"{', '.join(map(str, samples.columns))}")
+        return samples[columns].reset_index(drop=True)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, cohort: Cohort, batch_column: str | None = None, covariates: list[str] | None = None
+            ) -> PreprocessingPipeline:
+        """Fit every step on the training cohort (samples x genes)."""
+        self.fit_transform(cohort, batch_column, covariates)
+        return self
+
+    def fit_transform(self, cohort: Cohort, batch_column: str | None = None,
+                      covariates: list[str] | None = None) -> np.ndarray:
+        """Fit and return the preprocessed training matrix, shape (n_samples, n_genes_out), float64."""
+        if not isinstance(cohort, Cohort):
+            raise InputError("PreprocessingPipeline.fit needs a Cohort (matrix + sample sheet + value type)")
+        cfg = self.config
+        plan = self._resolve(cohort.value_type)
+        self.value_type_ = plan["value_type"]
+        self.plan_ = plan
+        self.batch_column_ = batch_column if batch_column is not None else cfg.batch_column
+        self.covariates_ = list(covariates if covariates is not None else cfg.covariates)
+        X, _ = as_matrix(cohort.X)
+        self.genes_in_ = np.asarray(cohort.genes.astype(str), dtype=object)
+        batch = None if self.batch_column_ is None else cohort.column(self.batch_column_).to_numpy()
+        cov = self._sheet_columns(cohort.samples, self.covariates_, "covariates")
+        if cov is not None and self.batch_column_ is None:
+            raise InputError("covariates are used by ComBat only; give a batch column too")
+
+        # 1. filter
+        flt = plan["filter"]
+        if flt == "low-count":
+            self.filter_ = LowCountFilter(cfg.min_count, cfg.max_fraction_below).fit(X)
+        elif flt == "filter-by-expr":
+            self.filter_ = FilterByExpr().fit(np.nan_to_num(X))
+        elif flt == "variance":
+            self.filter_ = VarianceFilter().fit(X, batch=batch)
+        else:
+            self.filter_ = None
+        H = X if self.filter_ is None else self.filter_.transform(X)
+        self.keep_index_ = (np.arange(X.shape[1]) if self.filter_ is None
+                            else self.filter_.get_support(indices=True))
+        self.genes_out_ = self.genes_in_[self.keep_index_]
+
+        # 2. normalize
+        norm = plan["normalization"]
+        if norm in ("tmm-logcpm", "logcpm", "cpm"):
+            self.normalizer_ = CPMNormalizer(log=norm != "cpm", prior_count=cfg.prior_count, tmm=norm == "tmm-logcpm")
+        elif norm == "log2p1":
+            self.normalizer_ = Log2p1()
+        else:
+            self.normalizer_ = None
+        if self.normalizer_ is not None:
+            H = self.normalizer_.fit_transform(H)
+
+        # 3. missing values
+        use_knn = cfg.impute == "knn" or (cfg.impute == "auto" and np.isnan(H).any())
+        self.imputer_ = None
+        self.fill_means_ = None
+        if use_knn:
+            self.imputer_ = KNNImputer(k=cfg.knn_k)
+            H = self.imputer_.fit_transform(H)
+        else:
+            means = np.nanmean(H, axis=0)
+            if np.isnan(means).any():
+                raise InputError("some genes have no observed value in training; filter them out first")
+            self.fill_means_ = means
+            H = np.where(np.isnan(H), means, H)
+
+        # 4. ComBat
+        self.combat_ = None
+        if self.batch_column_ is not None:
+            self.combat_ = ComBat(parametric=cfg.combat_parametric, mean_only=cfg.combat_mean_only,
+                                  ref_batch=cfg.reference_batch, unseen_batch=cfg.unseen_batch)
+            H = self.combat_.fit_transform(H, batch=batch, covariates=cov)
+
+        # 5. scale
+        if cfg.scale:
+            self.scale_mean_ = H.mean(axis=0)
+            sd = H.std(axis=0)
+            self.scale_sd_ = np.where(sd > 0, sd, 1.0)
+            H = (H - self.scale_mean_) / self.scale_sd_
+        else:
+            self.scale_mean_ = self.scale_sd_ = None
+        return H
+
+    # ------------------------------------------------------------------ transform
+    def _matrix(self, data: Any) -> np.ndarray:
+        if isinstance(data, Cohort):
+            idx = pd.Index(data.genes).get_indexer(pd.Index(self.genes_in_))
+            missing = self.genes_in_[idx < 0]
+            if len(missing):
+                raise InputError(f"{len(missing)} training genes are missing from the cohort (e.g. "
+                                 f"{', '.join(map(str, missing[:5]))}); add them (NaN is allowed) or refit")
+            return np.asarray(data.X, dtype=np.float64)[:, idx]
+        X, names = as_matrix(data)
+        if names is not None:
+            return self._matrix_from_frame(pd.DataFrame(X, columns=names))
+        if X.shape[1] != len(self.genes_in_):
+            raise InputError(f"expected {len(self.genes_in_)} genes in training order, got {X.shape[1]}")
+        return X
+
+    def _matrix_from_frame(self, df: pd.DataFrame) -> np.ndarray:
+        missing = [g for g in self.genes_in_ if g not in df.columns]
+        if missing:
+            raise InputError(f"{len(missing)} training genes missing (e.g. {', '.join(missing[:5])})")
+        return df[list(self.genes_in_)].to_numpy(np.float64)
+
+    def batch_index(self, batch: Any) -> np.ndarray:
+        """ComBat batch positions (int64) of batch labels, for the torch/ONNX module's ``batch_index``."""
+        check_fitted(self, "genes_out_")
+        if self.combat_ is None:
+            raise InputError("this pipeline has no ComBat step")
+        labels = np.asarray(batch)
+        idx = self.combat_.batch_index(labels, len(labels))
+        if (idx < 0).any():
+            raise InputError(f"batch {', '.join(sorted(set(map(str, labels[idx < 0])))[:5])} was not in "
+                             f"training (known: {', '.join(map(str, self.combat_.batches_))})")
+        return idx
+
+    def covariate_design(self, covariates: pd.DataFrame | None, n: int) -> np.ndarray:
+        """Encoded covariate columns (n, C) float32 for the torch/ONNX module's ``covariates`` input."""
+        check_fitted(self, "genes_out_")
+        if self.combat_ is None or not self.covariates_:
+            return np.zeros((n, 0), np.float32)
+        return self.combat_.covariate_design(covariates, n).astype(np.float32)
+
+    def transform(self, data: Cohort | Any, batch: Any = None, covariates: Any = None) -> np.ndarray:
+        """Preprocess new samples with the frozen steps.
+
+        Parameters
+        ----------
+        data : Cohort or array-like of shape (n_samples, n_genes_in)
+            A Cohort is aligned to the training genes by ID and supplies batch and covariates from its
+            sample sheet; an array must be in training gene order (``genes_in_``).
+        batch : array-like of shape (n_samples,), optional (arrays only; needed with ComBat)
+        covariates : DataFrame, optional (arrays only; the ComBat covariate columns)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, len(genes_out_)), float64
+        """
+        check_fitted(self, "genes_out_")
+        X = self._matrix(data)
+        if isinstance(data, Cohort):
+            if self.combat_ is not None:
+                batch = data.column(self.batch_column_).to_numpy() if batch is None else batch
+                if covariates is None:
+                    covariates = self._sheet_columns(data.samples, self.covariates_, "covariates")
+        H = X[:, self.keep_index_]
+        if self.normalizer_ is not None:
+            H = self.normalizer_.transform(H)
+        if self.imputer_ is not None:
+            H = self.imputer_.transform(H)
+        else:
+            H = np.where(np.isnan(H), self.fill_means_, H)
+        if self.combat_ is not None:
+            if batch is None:
+                raise InputError(f"this pipeline corrects batches; pass batch= (sample-sheet column "
+                                 f"{self.batch_column_!r})")
+            H = self.combat_.transform(H, batch=batch, covariates=covariates)
+        if self.scale_mean_ is not None:
+            H = (H - self.scale_mean_) / self.scale_sd_
+        return H
+
+    # ------------------------------------------------------------------ torch
+    def to_torch(self):
+        """The fitted transform as a frozen ``torch.nn.Module`` (ONNX-exportable).
+
+        ``module(x, batch_index=None, covariates=None)``: ``x`` (B, len(genes_in_)) float32 raw values in
+        training gene order (NaN allowed), ``batch_index`` (B,) int64 from :meth:`batch_index` and
+        ``covariates`` (B, C) from :meth:`covariate_design` when ComBat uses covariates. Returns
+        (B, len(genes_out_)) float32. Unseen batches cannot be estimated inside ONNX: map them before.
+        """
+        from genexflow.preprocessing import torch_ops as T
+
+        check_fitted(self, "genes_out_")
+        steps = []
+        if self.filter_ is not None:
+            steps.append(T.SelectGenes(self.keep_index_))
+        if isinstance(self.normalizer_, CPMNormalizer):
+            steps.append(T.LogCPM(self.normalizer_))
+        elif isinstance(self.normalizer_, Log2p1):
+            steps.append(T.Log2p1())
+        steps.append(T.KNNFill(self.imputer_) if self.imputer_ is not None else T.MeanFill(self.fill_means_))
+        combat_at = None
+        n_cov = 0
+        if self.combat_ is not None:
+            combat_at = len(steps)
+            steps.append(T.ComBatOp(self.combat_))
+            n_cov = steps[-1].n_cov
+        if self.scale_mean_ is not None:
+            steps.append(T.Scale(self.scale_mean_, self.scale_sd_))
+        module = T.PreprocessingModule(steps, combat_at, n_cov)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    @property
+    def needs_batch(self) -> bool:
+        return getattr(self, "combat_", None) is not None
+
+    @property
+    def n_covariate_columns(self) -> int:
+        return 0 if not self.needs_batch else self.combat_.coef_.shape[0] - len(self.combat_.batches_)
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "genes_out_"):
+            return f"PreprocessingPipeline({self.config!r})"
+        steps = [self.plan_["filter"], self.plan_["normalization"],
+                 "knn" if self.imputer_ is not None else "mean-fill",
+                 f"combat({self.batch_column_})" if self.combat_ is not None else None,
+                 "scale" if self.scale_mean_ is not None else None]
+        return (f"PreprocessingPipeline({' -> '.join(s for s in steps if s and s != 'none')}; "
+                f"{len(self.genes_in_)} -> {len(self.genes_out_)} genes)")
