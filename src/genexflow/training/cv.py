@@ -64,21 +64,35 @@ def encode_labels(cohort: Cohort, cfg: TrainConfig, class_names: Sequence[str] |
 
 
 # --------------------------------------------------------------------------------------------- fold pieces
-def make_preprocessing(cfg: TrainConfig) -> Any:
-    """An unfitted preprocessing pipeline for the cohort value type (``cfg.preprocessing`` options)."""
+def make_preprocessing(cfg: TrainConfig, train: Cohort | None = None) -> Any:
+    """An unfitted preprocessing pipeline with ``cfg.preprocessing`` options.
+
+    With a batch column, batches unseen in training (leave-one-batch-out, new sites at inference) are
+    corrected with parameters estimated from their own samples unless the options say otherwise, and
+    ComBat falls back to mean-only when a training batch has a single sample (its scale is undefined).
+    """
+    opts = dict(cfg.preprocessing)
+    if cfg.batch_column:
+        opts.setdefault("unseen_batch", "estimate")
+        if train is not None and "combat_mean_only" not in opts:
+            sizes = train.samples[cfg.batch_column].astype(str).value_counts()
+            if sizes.min() < 2:
+                opts["combat_mean_only"] = True
     try:
-        from genexflow.preprocessing import PreprocessingConfig, PreprocessingPipeline
-    except ImportError:  # preprocessing area not installed yet: documented fallback
+        from genexflow.preprocessing.pipeline import PreprocessingConfig, PreprocessingPipeline
+    except ImportError:  # preprocessing area not installed: documented minimal fallback
         from genexflow.training._fallback import SimplePreprocessing
 
-        return SimplePreprocessing(**cfg.preprocessing)
-    return PreprocessingPipeline(PreprocessingConfig(**cfg.preprocessing))
+        return SimplePreprocessing(**opts)
+    return PreprocessingPipeline(PreprocessingConfig(**opts))
 
 
 def fit_preprocessing(train: Cohort, cfg: TrainConfig) -> Any:
-    """Fit the pipeline on training rows only (batch column and inference-time covariates, never the label)."""
-    pre = make_preprocessing(cfg)
-    pre.fit(train, batch_column=cfg.batch_column, covariates=list(cfg.covariates) or None)
+    """Fit the pipeline on training rows only: the batch column and, for ComBat, the inference-time
+    covariates (never the label)."""
+    pre = make_preprocessing(cfg, train)
+    covs = list(cfg.covariates) if cfg.batch_column and cfg.covariates else None
+    pre.fit(train, batch_column=cfg.batch_column, covariates=covs)
     return pre
 
 
