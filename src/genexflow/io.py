@@ -251,7 +251,16 @@ def write_matrix(df: pd.DataFrame, path: str | Path) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(out.reset_index(), preserve_index=False)
+        dtypes = set(out.dtypes)
+        if len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.number):
+            # One numeric dtype (every expression matrix): build the columns from one transposed copy.
+            # from_pandas spends ~0.2 ms per column in pandas overhead (3 s for 20,000 genes).
+            cols = np.ascontiguousarray(out.to_numpy().T)
+            arrays = [pa.array(out.index.to_numpy(dtype=object))]
+            arrays += [pa.array(cols[j], from_pandas=True) for j in range(cols.shape[0])]  # NaN -> null
+            table = pa.Table.from_arrays(arrays, names=[str(out.index.name), *map(str, out.columns)])
+        else:
+            table = pa.Table.from_pandas(out.reset_index(), preserve_index=False)
         pq.write_table(table, path, compression="zstd")
     else:
         out.to_csv(path, sep=_sep_for(path))

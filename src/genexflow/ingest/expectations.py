@@ -108,32 +108,41 @@ def sample_qc_table(X: np.ndarray, sample_ids, value_type: ValueType) -> pd.Data
     })
 
 
-def gene_qc_table(X: np.ndarray, genes) -> pd.DataFrame:
+def gene_qc_table(X: np.ndarray, genes, block: int = 256) -> pd.DataFrame:
     """Per-gene summary: ``gene_id``, ``missing_fraction``, ``all_zero``, ``variance``, ``mean``.
+
+    Accumulated over blocks of ``block`` rows, so the float64 working copy stays small for wide matrices.
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_genes)
     genes : sequence of str, length n_genes
     """
-    n = max(X.shape[0], 1)
-    if np.issubdtype(X.dtype, np.integer):
-        missing = np.zeros(X.shape[1], dtype=np.int64)
-        Xf = X.astype(np.float64)
-        cnt = np.full(X.shape[1], X.shape[0])
-    else:
-        nan = np.isnan(X)
-        missing = nan.sum(0)
-        Xf = np.where(np.isfinite(X), X, 0).astype(np.float64)
-        cnt = X.shape[0] - missing - np.isinf(X).sum(0)
+    n, g = X.shape
+    total, sq, cnt = np.zeros(g), np.zeros(g), np.zeros(g)
+    missing = np.zeros(g, dtype=np.int64)
+    nonzero = np.zeros(g, dtype=bool)
+    floating = not np.issubdtype(X.dtype, np.integer)
+    for i0 in range(0, n, block):
+        B = X[i0:i0 + block]
+        if floating:
+            finite = np.isfinite(B)
+            missing += np.isnan(B).sum(0)
+            cnt += finite.sum(0)
+            Bf = np.where(finite, B, 0).astype(np.float64, copy=False)
+        else:
+            cnt += B.shape[0]
+            Bf = B.astype(np.float64)
+        total += Bf.sum(0)
+        sq += np.einsum("ij,ij->j", Bf, Bf)
+        nonzero |= (Bf != 0).any(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = Xf.sum(0) / cnt
-        var = (Xf**2).sum(0) / cnt - mean**2
-    all_zero = ~(Xf != 0).any(0)
+        mean = total / cnt
+        var = sq / cnt - mean**2
     return pd.DataFrame({
         "gene_id": pd.Index(genes).astype(str),
-        "missing_fraction": missing / n,
-        "all_zero": all_zero,
+        "missing_fraction": missing / max(n, 1),
+        "all_zero": ~nonzero,
         "variance": np.maximum(var, 0),
         "mean": mean,
     })

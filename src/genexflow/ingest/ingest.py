@@ -168,9 +168,15 @@ def _md5_file(path: Path) -> str:
 
 
 def _md5_frame(df: pd.DataFrame) -> str:
+    """Content hash of an in-memory table: labels, dtypes and values (raw bytes for a numeric matrix)."""
     h = hashlib.md5()
-    h.update(pd.util.hash_pandas_object(df.reset_index(), index=False).to_numpy().tobytes())
-    h.update("\x1f".join(map(str, df.columns)).encode())
+    for labels in (df.index, df.columns):
+        h.update("\x1f".join(map(str, labels)).encode())
+    h.update(str(list(map(str, df.dtypes.unique()))).encode())
+    if len(df.columns) and all(np.issubdtype(t, np.number) for t in df.dtypes.unique()):
+        h.update(np.ascontiguousarray(df.to_numpy()).tobytes())
+    else:
+        h.update(df.to_csv().encode())
     return h.hexdigest()
 
 
