@@ -125,3 +125,40 @@ def test_tpm_uses_log2p1_and_mean_fill():
     Xn[0, 3] = np.nan
     out, _ = _torch_out(pipe, Xn)
     assert out[0, 3] == pytest.approx(np.log2(X.astype(np.float64) + 1)[:, 3].mean(), rel=1e-6)
+
+
+def test_serving_conventions_batch_levels_covariate_encoding_and_unseen_batch():
+    # 11 integer batches (string order differs from numeric order), a numeric and a binary covariate
+    rng = np.random.default_rng(4)
+    nb, per, G = 11, 4, 30
+    bidx = np.repeat(np.arange(1, nb + 1), per)
+    n = len(bidx)
+    X = rng.normal(6, 1, (n, G)) + rng.normal(0, 1, (nb + 1, G))[bidx]
+    age = rng.normal(50, 10, n)
+    smoker = np.tile([0, 1], n // 2)
+    X += 0.02 * age[:, None]
+    samples = pd.DataFrame({"batch": bidx, "age": age, "smoker": smoker}, index=[f"s{i}" for i in range(n)])
+    c = Cohort(X.astype(np.float32), [f"p{i}" for i in range(G)], samples, value_type="log-expression")
+    pipe = PreprocessingPipeline().fit(c, batch_column="batch", covariates=["age", "smoker"])
+    assert pipe.batch_levels_[:3] == ["1", "10", "11"]
+    from genexflow.bundle import BundleInfo, encode_covariates, fit_covariates
+
+    specs = fit_covariates(samples, ["age", "smoker"])
+    cov = encode_covariates(samples, specs)
+    np.testing.assert_array_equal(pipe.covariate_design(samples[["age", "smoker"]], n), cov)
+    info = BundleInfo("classification", "y", ["a"], list(c.genes), "log-expression", specs, "batch",
+                      sorted(map(str, samples["batch"].unique())))
+    bi = info.batch_index(samples)
+    np.testing.assert_array_equal(bi, pipe.batch_index(samples["batch"]))
+    m = pipe.to_torch()
+    assert m.takes_batch and m.takes_covariates and pipe.n_covariate_columns == cov.shape[1]
+    with torch.no_grad():
+        out = m(torch.as_tensor(c.X), torch.as_tensor(bi), torch.as_tensor(cov)).numpy()
+    np.testing.assert_allclose(out, pipe.transform(c), atol=1e-5)
+    # an unseen batch (-1) gets no batch adjustment in the module: ComBat is the identity there
+    no_scale = PreprocessingPipeline(PreprocessingConfig(scale=False)).fit(c, batch_column="batch",
+                                                                           covariates=["age", "smoker"])
+    with torch.no_grad():
+        ident = no_scale.to_torch()(torch.as_tensor(c.X[:3]), torch.full((3,), -1), torch.as_tensor(cov[:3])).numpy()
+    np.testing.assert_allclose(ident, c.X[:3], atol=1e-4)
+    assert (pipe.batch_index(["99"], unseen="minus-one") == -1).all()

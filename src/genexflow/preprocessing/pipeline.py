@@ -211,10 +211,19 @@ class PreprocessingPipeline:
 
         # 4. ComBat
         self.combat_ = None
+        self.batch_levels_ = []
+        self.covariate_specs_ = []
         if self.batch_column_ is not None:
             self.combat_ = ComBat(parametric=cfg.combat_parametric, mean_only=cfg.combat_mean_only,
                                   ref_batch=cfg.reference_batch, unseen_batch=cfg.unseen_batch)
             H = self.combat_.fit_transform(H, batch=batch, covariates=cov)
+            # serving conventions (genexflow.bundle): batch levels sorted as strings, covariates encoded
+            # by encode_covariates (numeric standardized, categorical one-hot over sorted categories)
+            self.batch_levels_ = sorted(str(b) for b in self.combat_.batches_)
+            if self.covariates_:
+                from genexflow.bundle import fit_covariates
+
+                self.covariate_specs_ = fit_covariates(cohort.samples, self.covariates_)
 
         # 5. scale
         if cfg.scale:
@@ -248,24 +257,70 @@ class PreprocessingPipeline:
             raise InputError(f"{len(missing)} training genes missing (e.g. {', '.join(missing[:5])})")
         return df[list(self.genes_in_)].to_numpy(np.float64)
 
-    def batch_index(self, batch: Any) -> np.ndarray:
-        """ComBat batch positions (int64) of batch labels, for the torch/ONNX module's ``batch_index``."""
+    def batch_index(self, batch: Any, unseen: str = "error") -> np.ndarray:
+        """Positions of batch labels in ``batch_levels_`` (int64) for the torch/ONNX ``batch_index`` input.
+
+        ``unseen="error"`` raises for a batch not seen in training; ``unseen="minus-one"`` maps it to -1,
+        which the torch module leaves without batch adjustment (see ``docs/preprocessing.md``).
+        """
         check_fitted(self, "genes_out_")
         if self.combat_ is None:
             raise InputError("this pipeline has no ComBat step")
-        labels = np.asarray(batch)
-        idx = self.combat_.batch_index(labels, len(labels))
-        if (idx < 0).any():
-            raise InputError(f"batch {', '.join(sorted(set(map(str, labels[idx < 0])))[:5])} was not in "
-                             f"training (known: {', '.join(map(str, self.combat_.batches_))})")
+        labels = np.asarray(batch).astype(str)
+        lut = {b: i for i, b in enumerate(self.batch_levels_)}
+        idx = np.array([lut.get(b, -1) for b in labels], dtype=np.int64)
+        if (idx < 0).any() and unseen == "error":
+            raise InputError(f"batch {', '.join(sorted(set(labels[idx < 0]))[:5])} was not in training "
+                             f"(known: {', '.join(self.batch_levels_)})")
         return idx
 
     def covariate_design(self, covariates: pd.DataFrame | None, n: int) -> np.ndarray:
-        """Encoded covariate columns (n, C) float32 for the torch/ONNX module's ``covariates`` input."""
+        """Covariates (n, C) float32 for the torch/ONNX ``covariates`` input, encoded as
+        :func:`genexflow.bundle.encode_covariates` does with the specs of ``covariate_specs_``."""
         check_fitted(self, "genes_out_")
-        if self.combat_ is None or not self.covariates_:
+        if not self.covariate_specs_:
             return np.zeros((n, 0), np.float32)
-        return self.combat_.covariate_design(covariates, n).astype(np.float32)
+        from genexflow.bundle import encode_covariates
+
+        if covariates is None:
+            raise InputError(f"covariates {', '.join(self.covariates_)} are needed")
+        return encode_covariates(pd.DataFrame(covariates).reset_index(drop=True), self.covariate_specs_)
+
+    def _covariate_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """Affine map from the serving covariate encoding to ComBat's design columns: ``cov @ A + b``.
+
+        ComBat's correction only depends on the column space of [batch indicators, covariates], so a
+        per-column affine re-encoding gives the same result; this map makes it exact column by column.
+        """
+        enc = self.combat_.covariate_encoder_
+        keep = self.combat_._cov_keep
+        blocks_a, blocks_b = [], []
+        for spec in self.covariate_specs_:
+            levels = enc.levels_[spec.name]
+            if spec.kind == "numeric":  # z = (v - mean) / std, ComBat column v
+                a = np.array([[spec.std]])
+                b = np.array([spec.mean])
+                if levels is not None:
+                    raise InputError(f"covariate {spec.name!r} is numeric for serving but categorical for ComBat")
+            elif levels is None:  # one-hot over categories, ComBat column = the numeric value
+                a = np.array([[float(c)] for c in spec.categories])
+                b = np.zeros(1)
+            else:  # one-hot over all categories, ComBat dummies for levels[1:]
+                a = np.array([[1.0 if c == lv else 0.0 for lv in levels[1:]] for c in spec.categories])
+                a = a.reshape(len(spec.categories), len(levels) - 1)
+                b = np.zeros(len(levels) - 1)
+            blocks_a.append(a)
+            blocks_b.append(b)
+        width_in = sum(a.shape[0] for a in blocks_a)
+        width_out = sum(a.shape[1] for a in blocks_a)
+        A = np.zeros((width_in, width_out))
+        r = c = 0
+        for a in blocks_a:
+            A[r:r + a.shape[0], c:c + a.shape[1]] = a
+            r += a.shape[0]
+            c += a.shape[1]
+        b = np.concatenate(blocks_b) if blocks_b else np.zeros(0)
+        return A[:, keep], b[keep]
 
     def transform(self, data: Cohort | Any, batch: Any = None, covariates: Any = None) -> np.ndarray:
         """Preprocess new samples with the frozen steps.
@@ -310,9 +365,11 @@ class PreprocessingPipeline:
         """The fitted transform as a frozen ``torch.nn.Module`` (ONNX-exportable).
 
         ``module(x, batch_index=None, covariates=None)``: ``x`` (B, len(genes_in_)) float32 raw values in
-        training gene order (NaN allowed), ``batch_index`` (B,) int64 from :meth:`batch_index` and
-        ``covariates`` (B, C) from :meth:`covariate_design` when ComBat uses covariates. Returns
-        (B, len(genes_out_)) float32. Unseen batches cannot be estimated inside ONNX: map them before.
+        training gene order (NaN allowed), ``batch_index`` (B,) int64 from :meth:`batch_index` (positions
+        in ``batch_levels_``; -1 = unseen batch, left without batch adjustment) and ``covariates``
+        (B, C) from :meth:`covariate_design` (the :func:`genexflow.bundle.encode_covariates` encoding)
+        when ComBat uses covariates. Returns (B, len(genes_out_)) float32. The module's
+        ``takes_batch``/``takes_covariates`` flags tell :mod:`genexflow.export` which inputs to wire.
         """
         from genexflow.preprocessing import torch_ops as T
 
@@ -329,7 +386,14 @@ class PreprocessingPipeline:
         n_cov = 0
         if self.combat_ is not None:
             combat_at = len(steps)
-            steps.append(T.ComBatOp(self.combat_))
+            order = np.array([int(np.flatnonzero(self.combat_.batches_.astype(str) == b)[0])
+                              for b in self.batch_levels_])
+            if self.covariate_specs_:
+                A, b = self._covariate_map()
+            else:
+                A, b = np.zeros((0, len(self.combat_.covariate_encoder_.names_)))[:, self.combat_._cov_keep], \
+                    np.zeros(int(self.combat_._cov_keep.sum()))
+            steps.append(T.ComBatOp(self.combat_, order, A, b))
             n_cov = steps[-1].n_cov
         if self.scale_mean_ is not None:
             steps.append(T.Scale(self.scale_mean_, self.scale_sd_))
@@ -345,7 +409,8 @@ class PreprocessingPipeline:
 
     @property
     def n_covariate_columns(self) -> int:
-        return 0 if not self.needs_batch else self.combat_.coef_.shape[0] - len(self.combat_.batches_)
+        """Width C of the torch/ONNX ``covariates`` input (0 without ComBat covariates)."""
+        return sum(s.width for s in getattr(self, "covariate_specs_", []))
 
     def __repr__(self) -> str:
         if not hasattr(self, "genes_out_"):

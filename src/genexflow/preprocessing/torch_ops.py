@@ -6,9 +6,9 @@ with only ONNX-exportable operations: elementwise math, ``where``, reductions, `
 ``gather``/``index_select`` with fixed index tensors. No ``torch.sparse``, no data-dependent Python
 control flow: the batch dimension is dynamic, every other shape is fixed at fit time.
 
-Shapes: ``x`` is (B, G) for the step's input genes; ``batch_index`` (B,) int64 positions into the
-ComBat training batches; ``covariates`` (B, C) float design columns from
-:meth:`PreprocessingPipeline.covariate_design`.
+Shapes: ``x`` is (B, G) for the step's input genes; ``batch_index`` (B,) int64 positions in the
+pipeline's ``batch_levels_`` (-1: unseen batch); ``covariates`` (B, C) float in the serving encoding of
+:func:`genexflow.bundle.encode_covariates` (from :meth:`PreprocessingPipeline.covariate_design`).
 """
 
 from __future__ import annotations
@@ -167,25 +167,36 @@ class MeanFill(nn.Module):
 
 
 class ComBatOp(nn.Module):
-    """Frozen ComBat: ``((x - m) / s - gamma*_b) / sqrt(delta*_b) * s + m`` with ``m`` from covariates."""
+    """Frozen ComBat: ``((x - m) / s - gamma*_b) / sqrt(delta*_b) * s + m``.
 
-    def __init__(self, est):
+    ``batch_index`` indexes ``batch_order`` (the serving batch levels); -1 (an unseen batch) gets no
+    batch adjustment (``gamma = 0``, ``delta = 1``: the identity). ``covariates`` come in the serving
+    encoding and are mapped to ComBat's design columns by the affine map ``cov @ A + b``.
+    """
+
+    def __init__(self, est, batch_order: np.ndarray, cov_map: np.ndarray, cov_offset: np.ndarray):
         super().__init__()
+        G = est.gamma_star_.shape[1]
         nb = len(est.batches_)
-        self.n_cov = est.coef_.shape[0] - nb
-        _buf(self, "grand_mean", est.grand_mean_)
+        gamma = np.vstack([est.gamma_star_[batch_order], np.zeros((1, G))])
+        delta = np.vstack([est.delta_star_[batch_order], np.ones((1, G))])
+        self.n_batches = len(batch_order)
+        self.n_cov = cov_map.shape[0]
+        coef = est.coef_[nb:]
+        _buf(self, "mean0", est.grand_mean_ + cov_offset @ coef)
+        _buf(self, "cov_coef", cov_map @ coef if self.n_cov else np.zeros((0, G)))
         _buf(self, "sd", np.sqrt(est.var_pooled_))
-        _buf(self, "gamma", est.gamma_star_)
-        _buf(self, "delta_sd", np.sqrt(est.delta_star_))
-        _buf(self, "coef_cov", est.coef_[nb:])
+        _buf(self, "gamma", gamma)
+        _buf(self, "delta_sd", np.sqrt(delta))
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
-        m = self.grand_mean.unsqueeze(0)
+        m = self.mean0.unsqueeze(0)
         if self.n_cov:
-            m = m + covariates.to(x.dtype) @ self.coef_cov
+            m = m + covariates.to(x.dtype) @ self.cov_coef
         s = (x - m) / self.sd
-        g = torch.index_select(self.gamma, 0, batch_index)
-        d = torch.index_select(self.delta_sd, 0, batch_index)
+        idx = torch.where(batch_index < 0, torch.full_like(batch_index, self.n_batches), batch_index)
+        g = torch.index_select(self.gamma, 0, idx)
+        d = torch.index_select(self.delta_sd, 0, idx)
         return (s - g) / d * self.sd + m
 
 
@@ -211,6 +222,9 @@ class PreprocessingModule(nn.Module):
         self.steps = nn.ModuleList(steps)
         self.combat_at = -1 if combat_at is None else combat_at
         self.n_covariates = n_covariates
+        # read by genexflow.export to wire the serving graph's inputs
+        self.takes_batch = combat_at is not None
+        self.takes_covariates = n_covariates > 0
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor | None = None,
                 covariates: torch.Tensor | None = None) -> torch.Tensor:
