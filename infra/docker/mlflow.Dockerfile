@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # MLflow tracking server: PostgreSQL backend store (psycopg2) and S3-compatible artifacts (boto3, MinIO in dev).
 #   docker build -f infra/docker/mlflow.Dockerfile -t ghcr.io/genexflow/mlflow:3.17.2 .
-# Credentials come from the environment at run time (Kubernetes Secrets): MLFLOW_BACKEND_STORE_URI,
+# Credentials come from the environment at run time (Kubernetes Secrets): DB_* or MLFLOW_BACKEND_STORE_URI,
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL, MLFLOW_ARTIFACTS_DESTINATION.
 # Base pinned by exact tag (patch release + Debian release); pin by digest in a mirrored registry.
 
@@ -24,7 +24,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 mlflow \
     && useradd --system --uid 10001 --gid mlflow --create-home --home-dir /home/mlflow mlflow
 COPY --from=build --chown=root:root /opt/venv /opt/venv
-COPY --chown=root:root --chmod=0755 infra/docker/mlflow-entrypoint.sh /usr/local/bin/mlflow-entrypoint
+COPY --chown=root:root --chmod=0755 infra/docker/mlflow-entrypoint.py /usr/local/bin/mlflow-entrypoint
 WORKDIR /home/mlflow
 USER 10001:10001
 EXPOSE 5000
