@@ -61,7 +61,7 @@ class ServingModule(nn.Module):
         if self.include_latent:
             res.append(out.latent)
         if self.include_attention:
-            res.append(out.attention[:, -1, :, 0, 1:].mean(1))
+            res.append(out.attention[-1][:, :, 0, 1:].mean(1))
         return tuple(res)
 
 

@@ -33,8 +33,10 @@ class MembershipPropagation(nn.Module):
     .. math::
 
         \hat A H = s \odot \big(M (w \odot (M^\top (s \odot H)))\big) + s^2 \odot (1 - M w) \odot H
+                  = B (B^\top H) + r \odot H, \qquad B = \mathrm{diag}(s)\, M\, W^{1/2},\; r = s^2 (1 - M w)
 
-    i.e. two thin dense products (P x G and G x P) plus a diagonal term.
+    i.e. two thin dense products (P x G and G x P) plus a diagonal term; the scalings are folded into the
+    buffer ``B`` once, so a forward pass is two GEMMs and one fused multiply-add.
 
     Parameters
     ----------
@@ -43,7 +45,7 @@ class MembershipPropagation(nn.Module):
     scale : ndarray of shape (G,)
         ``s``.
     self_weight : ndarray of shape (G,)
-        ``s² (1 − M w)``.
+        ``r = s² (1 − M w)``.
 
     Shapes
     ------
@@ -54,14 +56,13 @@ class MembershipPropagation(nn.Module):
     def __init__(self, membership: np.ndarray, set_weights: np.ndarray, scale: np.ndarray,
                  self_weight: np.ndarray):
         super().__init__()
-        self.register_buffer("membership", torch.as_tensor(np.asarray(membership, np.float32)))
-        self.register_buffer("set_weights", torch.as_tensor(np.asarray(set_weights, np.float32))[:, None])
-        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float32))[:, None])
+        B = (np.asarray(scale, np.float64)[:, None] * np.asarray(membership, np.float64)
+             * np.sqrt(np.asarray(set_weights, np.float64))[None, :])
+        self.register_buffer("basis", torch.as_tensor(B.astype(np.float32)))
         self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
 
     def forward(self, H: Tensor) -> Tensor:
-        t = self.membership.t() @ (self.scale * H)  # (P, N)
-        return self.scale * (self.membership @ (self.set_weights * t)) + self.self_weight * H
+        return torch.addcmul(self.basis @ (self.basis.t() @ H), self.self_weight, H)
 
 
 class EdgePropagation(nn.Module):
@@ -142,7 +143,8 @@ class GraphConv(nn.Module):
         G, B, Fd = H.shape
         # Transform first (F x F on every gene), then propagate the (G, B·F) block in one product.
         Z = propagate(self.lin(H).reshape(G, -1)).reshape(G, -1, Fd)
-        return H + self.dropout(F.gelu(Z + self.bias))
+        # In place: the propagation output is not needed by its backward, so this saves a (G, B, F) copy.
+        return H + self.dropout(F.gelu(Z.add_(self.bias)))
 
 
 class PathwayPooling(nn.Module):
@@ -153,9 +155,11 @@ class PathwayPooling(nn.Module):
     .. math::
 
         \alpha_{gk} = \frac{M_{gk} e^{u_g}}{\sum_{g'} M_{g'k} e^{u_{g'}}}, \qquad
-        t_k = \sum_g \alpha_{gk} h_g
+        t_k = \sum_g \alpha_{gk} h_g = \frac{\big(M^\top (e^{u} \odot H)\big)_k}{(M^\top e^{u})_k}
 
-    With ``u = 0`` (the initialization) ``t_k`` is the mean over members, i.e. the pathway score.
+    computed in the right-hand form: the fixed 0/1 ``M`` is never multiplied elementwise (no G x P
+    temporaries), only the gene features are scaled. With ``u = 0`` (the initialization) ``t_k`` is the
+    mean over members, i.e. the pathway score.
 
     Shapes
     ------
@@ -167,15 +171,21 @@ class PathwayPooling(nn.Module):
         super().__init__()
         self.gene_logits = nn.Parameter(torch.zeros(n_genes, 1))
 
+    def gene_weights(self) -> Tensor:
+        """``e^{u - max u}`` (G, 1); the shift keeps exp finite and cancels in the ratio."""
+        return torch.exp(self.gene_logits - self.gene_logits.max())
+
     def weights(self, membership: Tensor) -> Tensor:
-        """``α`` of shape (G, P); columns sum to 1 for non-empty sets."""
-        u = self.gene_logits - self.gene_logits.max()  # stable exp; the shift cancels in the ratio
-        e = membership * torch.exp(u)
+        """``α`` of shape (G, P); columns sum to 1 for non-empty sets (for inspection, not used in forward)."""
+        e = membership * self.gene_weights()
         return e / e.sum(0, keepdim=True).clamp_min(1e-12)
 
     def forward(self, H: Tensor, membership: Tensor) -> Tensor:
         G, B, Fd = H.shape
-        return (self.weights(membership).t() @ H.reshape(G, -1)).reshape(-1, B, Fd)
+        e = self.gene_weights()  # (G, 1)
+        norm = (membership.t() @ e).clamp_min(1e-12)  # (P, 1)
+        pooled = membership.t() @ (H.reshape(G, -1) * e)  # (P, B·F)
+        return (pooled / norm).reshape(-1, B, Fd)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -191,19 +201,21 @@ class MultiHeadSelfAttention(nn.Module):
     - output: (B, T, d_model) and attention weights (B, n_heads, T, T), rows summing to 1
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
         B, T, D = X.shape
         q, k, v = self.qkv(X).reshape(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = torch.softmax((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.d_head)), dim=-1)
-        y = (self.dropout(attn) @ v).transpose(1, 2).reshape(B, T, D)
+        # Scale q (B, h, T, d_h) rather than the (B, h, T, T) scores: one T x T temporary fewer.
+        attn = torch.softmax((q * (1.0 / math.sqrt(self.d_head))) @ k.transpose(-1, -2), dim=-1)
+        # No dropout on the weights: a Bernoulli mask over (B, heads, T, T) costs more than the whole
+        # encoder on CPU for hundreds of pathway tokens; the residual branches carry the dropout.
+        y = (attn @ v).transpose(1, 2).reshape(B, T, D)
         return self.out(y), attn
 
 
@@ -219,7 +231,7 @@ class TransformerEncoderLayer(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float = 0.1, norm_first: bool = False):
         super().__init__()
-        self.attn = MultiHeadSelfAttention(d_model, n_heads, dropout)
+        self.attn = MultiHeadSelfAttention(d_model, n_heads)
         self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)

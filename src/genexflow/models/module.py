@@ -48,15 +48,16 @@ class PathwayNetOutput(NamedTuple):
         Autoencoder latent (the mean for a VAE): what monitoring tracks.
     logvar : Tensor of shape (B, L) or None
         VAE log-variance.
-    attention : Tensor of shape (B, n_layers, n_heads, P + 1, P + 1) or None
-        Self-attention weights per encoder layer; token 0 is the class token, token k + 1 pathway k.
+    attention : tuple of n_layers Tensors of shape (B, n_heads, P + 1, P + 1), or None
+        Self-attention weights per encoder layer (a tuple, not a stacked copy: at 300 pathways each layer
+        is ~12 M floats); token 0 is the class token, token k + 1 pathway k. Rows sum to 1.
     """
 
     logits: Tensor
     reconstruction: Tensor | None
     latent: Tensor | None
     logvar: Tensor | None
-    attention: Tensor | None
+    attention: tuple[Tensor, ...] | None
 
 
 @dataclass
@@ -123,10 +124,6 @@ class PathwayNet(nn.Module):
         if c.use_gcn:
             # Rebuilt from a checkpoint: right-shaped placeholders that load_state_dict fills.
             self.propagate = _empty_propagation(c) if rebuild else make_propagation(graph)
-            if isinstance(self.propagate, MembershipPropagation) and (
-                rebuild or np.array_equal(graph.membership, M)
-            ):
-                self.propagate.membership = self.membership  # one (G, P) tensor for tokens and graph
 
         Fd = c.gcn_dim if c.use_gcn else 0
         if c.use_gcn:
@@ -204,14 +201,16 @@ class PathwayNet(nn.Module):
         attention = reconstruction = latent = logvar = None
         x_gm = expression.t().unsqueeze(-1)  # (G, B, 1) gene-major
         if c.use_gcn:
-            H = x_gm * self.gene_scale + self.gene_embed  # (G, B, F)
+            H = torch.addcmul(self.gene_embed, x_gm, self.gene_scale)  # (G, B, F)
             for layer in self.gcn:
                 H = layer(H, self.propagate)
             gene_out = self.gene_readout(H).squeeze(-1).t()  # (B, G)
             parts.append(self.readout(gene_out))
         if c.use_transformer:
-            feats = x_gm if H is None else torch.cat([x_gm, H], dim=-1)  # (G, B, F+1)
-            tokens = self.token_proj(self.pooling(feats, self.membership)) + self.pathway_embed  # (P, B, d)
+            pooled = self.pooling(x_gm, self.membership)  # (P, B, 1): the pathway scores at init
+            if H is not None:  # pool the two parts separately: no (G, B, F+1) concatenation
+                pooled = torch.cat([pooled, self.pooling(H, self.membership)], dim=-1)  # (P, B, F+1)
+            tokens = self.token_proj(pooled) + self.pathway_embed  # (P, B, d)
             tokens = tokens.transpose(0, 1)  # (B, P, d)
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)
             Z = torch.cat([cls, tokens], dim=1)  # (B, P+1, d)
@@ -219,7 +218,7 @@ class PathwayNet(nn.Module):
             for layer in self.encoder:
                 Z, w = layer(Z)
                 weights.append(w)
-            attention = torch.stack(weights, dim=1)  # (B, L, heads, T, T)
+            attention = tuple(weights)
             parts.append(self.final_norm(Z[:, 0]))
         if c.use_autoencoder:
             h = self.encoder_ae(expression)
@@ -278,7 +277,7 @@ class PathwayNet(nn.Module):
         (the remainder is the class token attending to itself)."""
         if output.attention is None:
             raise InputError("the transformer branch is disabled; no attention weights")
-        return output.attention[:, -1, :, 0, 1:].mean(1)
+        return output.attention[-1][:, :, 0, 1:].mean(1)
 
 
 class _Placeholder:  # marker: rebuild propagation buffers empty, load_state_dict fills them
