@@ -144,7 +144,7 @@ def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
     info = BundleInfo.from_json((folder / "bundle.json").read_text())
     with open(folder / "preprocessing.pkl", "rb") as fh:
         pre = pickle.load(fh)  # nosec B301 - own artifact, sha256-checked before deploy
-    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)
+    state = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)  # nosec B614 - own bundle, sha256-checked
     return info, pre, state
 
 

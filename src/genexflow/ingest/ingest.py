@@ -169,7 +169,7 @@ def _md5_file(path: Path) -> str:
 
 def _md5_frame(df: pd.DataFrame) -> str:
     """Content hash of an in-memory table: labels, dtypes and values (raw bytes for a numeric matrix)."""
-    h = hashlib.md5()
+    h = hashlib.md5(usedforsecurity=False)  # content fingerprint (DVC-compatible), not security
     for labels in (df.index, df.columns):
         h.update("\x1f".join(map(str, labels)).encode())
     h.update(str(list(map(str, df.dtypes.unique()))).encode())
@@ -268,7 +268,7 @@ def _guard(read, files: dict, quarantine_root: Path, run_id: str | None, cfg: In
         return read()
     except InputError as exc:
         path = next(iter(files.values()))
-        digest = hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        digest = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() if path.is_file() else "missing"
         rid = run_id or f"{cfg.name or default_name(path)}-{digest[:12]}"
         records = [QuarantineRecord(kind="file", id=name, suite="read", check="readable input file", column=None,
                                     value=None, message=str(exc)) for name in files]

@@ -24,7 +24,7 @@ class LineageError(GenexflowError):
 
 def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     """Plain md5 of a file's bytes (what DVC 3 records for a file)."""
-    h = hashlib.md5()
+    h = hashlib.md5(usedforsecurity=False)  # content fingerprint (DVC-compatible), not security
     with Path(path).open("rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
