@@ -1,0 +1,251 @@
+"""``genexflow normalize | filter | impute | combat | combat-seq | combat-report``.
+
+Each command reads a matrix in the ``shared/data`` layout (samples as rows, first column ``sample_id``;
+Parquet or CSV/TSV; ``--orientation genes`` for genes-as-rows files), writes the same layout keeping the
+sample and gene order, and exits non-zero with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from genexflow.cli._common import console, step
+
+ORIENT_HELP = "Rows of the input: samples, genes or auto (decided from the first column name)."
+
+
+class Method(StrEnum):
+    cpm = "cpm"
+    logcpm = "logcpm"
+    tmm_logcpm = "tmm-logcpm"
+    tpm = "tpm"
+    fpkm = "fpkm"
+    log2p1 = "log2p1"
+
+
+def _read(path: Path, orientation: str, sample_ids=None):
+    from genexflow.io import read_matrix
+
+    with step(f"read {path.name}"):
+        return read_matrix(path, orientation=orientation, sample_ids=sample_ids)
+
+
+def _write(df, out: Path) -> None:
+    from genexflow.io import write_matrix
+
+    with step(f"write {out}"):
+        write_matrix(df, out)
+    console.print(f"{df.shape[0]} samples x {df.shape[1]} genes -> {out}", markup=False)
+
+
+def _sheet(samples: Path, index, columns: list[str]):
+    """Sample-sheet rows in matrix order, checking that the needed columns exist."""
+    from genexflow.errors import InputError
+    from genexflow.io import read_sample_sheet
+
+    sheet = read_sample_sheet(samples)
+    missing_ids = index.difference(sheet.index)
+    if len(missing_ids):
+        raise InputError(f"{samples}: {len(missing_ids)} matrix samples are not in the sheet "
+                         f"(e.g. {', '.join(map(str, missing_ids[:3]))})")
+    missing = [c for c in columns if c not in sheet.columns]
+    if missing:
+        raise InputError(f"{samples}: no column {', '.join(missing)}; available: {', '.join(map(str, sheet.columns))}")
+    return sheet.loc[index]
+
+
+def _split(text: str | None) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else []
+
+
+# --------------------------------------------------------------------------- commands
+def normalize(
+    inp: Path = typer.Argument(..., help="Raw matrix (counts for cpm/logcpm/tmm-logcpm/tpm/fpkm)."),
+    method: Method = typer.Option(Method.tmm_logcpm, "--method", "-m", help="Normalization."),
+    prior_count: float = typer.Option(2.0, "--prior-count", help="edgeR prior count for log-CPM."),
+    gene_lengths: Path | None = typer.Option(None, "--gene-lengths",
+                                             help="Gene lengths file (gene_id + length / median_length) for tpm/fpkm."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output matrix (.parquet or .csv)."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """Library-size normalization with edgeR semantics (CPM, log-CPM, TMM log-CPM), TPM/FPKM, log2(x+1)."""
+    import pandas as pd
+
+    from genexflow.errors import InputError
+    from genexflow.preprocessing.normalize import CPMNormalizer, LengthNormalizer, Log2p1, read_gene_lengths
+
+    df = _read(inp, orientation)
+    if method in (Method.tpm, Method.fpkm):
+        if gene_lengths is None:
+            raise InputError("--method tpm/fpkm needs --gene-lengths FILE (e.g. shared/data/gene_lengths/"
+                             "hg19_geneSymbol_genes.parquet)")
+        est = LengthNormalizer(read_gene_lengths(gene_lengths), unit=method.value)
+    elif method == Method.log2p1:
+        est = Log2p1()
+    else:
+        est = CPMNormalizer(log=method != Method.cpm, prior_count=prior_count, tmm=method == Method.tmm_logcpm)
+    with step(f"normalize ({method.value})"):
+        values = est.fit_transform(df)
+    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out)
+    if isinstance(est, CPMNormalizer) and est.tmm:
+        console.print(f"TMM reference sample: {df.index[est.ref_index_]}; factors "
+                      f"{est.norm_factors_.min():.3f}-{est.norm_factors_.max():.3f}", markup=False)
+
+
+def filter_genes(
+    inp: Path = typer.Argument(..., help="Raw count matrix."),
+    min_count: float = typer.Option(5, "--min-count", help="Low-count rule: counts below this are 'low'."),
+    max_fraction_below: float = typer.Option(0.8, "--max-fraction-below",
+                                             help="Drop genes that are low in more than this fraction of samples."),
+    filter_by_expr: bool = typer.Option(False, "--filter-by-expr", help="Use edgeR::filterByExpr instead."),
+    samples: Path | None = typer.Option(None, "--samples", help="Sample sheet (for --group-column)."),
+    group_column: str | None = typer.Option(None, "--group-column", help="filterByExpr group column."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output matrix with the kept genes."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """Drop low-expression genes (blueprint rule, or filterByExpr); kept genes stay in input order."""
+    from genexflow.errors import InputError
+    from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter
+
+    df = _read(inp, orientation)
+    if filter_by_expr:
+        group = None
+        if group_column:
+            if samples is None:
+                raise InputError("--group-column needs --samples SHEET")
+            group = _sheet(samples, df.index, [group_column])[group_column].to_numpy()
+        est = FilterByExpr().fit(df, group=group)
+    else:
+        est = LowCountFilter(min_count, max_fraction_below).fit(df)
+    keep = est.get_support()
+    _write(df.loc[:, keep], out)
+    console.print(f"kept {int(keep.sum())} of {len(keep)} genes", markup=False)
+
+
+def impute(
+    inp: Path = typer.Argument(..., help="Matrix with missing values (log scale)."),
+    k: int = typer.Option(10, "--k", help="Neighbour genes."),
+    rowmax: float = typer.Option(0.5, "--rowmax", help="Genes with more missing than this get per-sample means."),
+    colmax: float = typer.Option(0.8, "--colmax", help="Samples with more missing than this are an error."),
+    maxp: int = typer.Option(1500, "--maxp", help="Largest gene block without two-means splitting."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output matrix."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """KNN imputation with impute::impute.knn semantics (neighbours are genes)."""
+    import numpy as np
+    import pandas as pd
+
+    from genexflow.preprocessing.impute import KNNImputer
+
+    df = _read(inp, orientation)
+    n_missing = int(np.isnan(df.to_numpy(np.float64)).sum())
+    with step(f"impute {n_missing} missing values (k={k})"):
+        values = KNNImputer(k=k, rowmax=rowmax, colmax=colmax, maxp=maxp).fit_transform(df)
+    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out)
+
+
+def combat(
+    inp: Path = typer.Argument(..., help="Normalized log-scale matrix without missing values."),
+    samples: Path = typer.Option(..., "--samples", help="Sample sheet (sample_id + columns)."),
+    batch_column: str = typer.Option(..., "--batch-column", help="Sample-sheet column with the batch."),
+    covariates: str | None = typer.Option(None, "--covariates", help="Comma-separated columns to protect."),
+    mean_only: bool = typer.Option(False, "--mean-only", help="Correct batch means only (sva mean.only)."),
+    non_parametric: bool = typer.Option(False, "--non-parametric", help="Non-parametric empirical Bayes."),
+    reference_batch: str | None = typer.Option(None, "--reference-batch", help="Batch left unchanged."),
+    keep_constant: bool = typer.Option(False, "--keep-constant",
+                                       help="Leave genes constant within a batch uncorrected (as sva) instead of failing."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the quality report to this folder."),
+    biology_column: str | None = typer.Option(None, "--biology-column", help="Biology column for --report."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output matrix."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """ComBat batch correction with sva::ComBat numerics (parametric / non-parametric / mean-only / reference)."""
+    import pandas as pd
+
+    from genexflow.errors import InputError
+    from genexflow.preprocessing.combat import ComBat
+
+    covs = _split(covariates)
+    df = _read(inp, orientation)
+    sheet = _sheet(samples, df.index, [batch_column, *covs] + ([biology_column] if biology_column else []))
+    est = ComBat(parametric=not non_parametric, mean_only=mean_only, ref_batch=reference_batch,
+                 constant_genes="passthrough" if keep_constant else "error")
+    kind = "non-parametric" if non_parametric else "parametric"
+    with step(f"ComBat ({kind}{', mean-only' if mean_only else ''}) over {sheet[batch_column].nunique()} batches"):
+        values = est.fit_transform(df, batch=sheet[batch_column].to_numpy(),
+                                   covariates=sheet[covs] if covs else None)
+    result = pd.DataFrame(values, index=df.index, columns=df.columns)
+    _write(result, out)
+    if report is not None:
+        if not biology_column:
+            raise InputError("--report needs --biology-column (the grouping that must be kept)")
+        _report(df, result, sheet[batch_column], sheet[biology_column], report)
+
+
+def combat_seq(
+    inp: Path = typer.Argument(..., help="Raw integer count matrix."),
+    samples: Path = typer.Option(..., "--samples", help="Sample sheet (sample_id + columns)."),
+    batch_column: str = typer.Option(..., "--batch-column", help="Sample-sheet column with the batch."),
+    covariates: str | None = typer.Option(None, "--covariates", help="Comma-separated columns (sva covar_mod)."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Biological condition (sva group)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output count matrix."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """ComBat-seq (negative binomial) on raw counts, sva::ComBat_seq semantics; writes integer counts."""
+    import numpy as np
+    import pandas as pd
+
+    from genexflow.preprocessing.combat_seq import ComBatSeq
+
+    covs = _split(covariates)
+    df = _read(inp, orientation)
+    sheet = _sheet(samples, df.index, [batch_column, *covs] + ([group_column] if group_column else []))
+    with step(f"ComBat-seq over {sheet[batch_column].nunique()} batches, {df.shape[1]} genes"):
+        values = ComBatSeq().fit_transform(
+            df, batch=sheet[batch_column].to_numpy(), group=sheet[group_column].to_numpy() if group_column else None,
+            covariates=sheet[covs] if covs else None)
+    _write(pd.DataFrame(values.astype(np.int64), index=df.index, columns=df.columns), out)
+
+
+def combat_report(
+    before: Path = typer.Argument(..., help="Matrix before correction."),
+    after: Path = typer.Argument(..., help="Matrix after correction (same samples)."),
+    samples: Path = typer.Option(..., "--samples", help="Sample sheet."),
+    batch_column: str = typer.Option(..., "--batch-column", help="Batch column."),
+    biology_column: str = typer.Option(..., "--biology-column", help="Biology column that must be kept."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (batch_correction.png + .json)."),
+    n_pcs: int = typer.Option(10, "--n-pcs", help="Principal components for the silhouettes."),
+    orientation: str = typer.Option("auto", help=ORIENT_HELP),
+) -> None:
+    """Quality report: PCA before/after coloured by batch and biology, batch and biology silhouettes."""
+    from genexflow.errors import InputError
+
+    a = _read(before, orientation)
+    b = _read(after, orientation)
+    if not a.index.equals(b.index):
+        raise InputError("before and after matrices have different samples (or sample order)")
+    sheet = _sheet(samples, a.index, [batch_column, biology_column])
+    _report(a, b, sheet[batch_column], sheet[biology_column], out, n_pcs)
+
+
+def _report(a, b, batch, biology, out: Path, n_pcs: int = 10) -> None:
+    from genexflow.preprocessing.report import batch_correction_report
+
+    with step("quality report"):
+        res = batch_correction_report(a, b, batch.to_numpy(), biology.to_numpy(), out, n_pcs=n_pcs)
+    console.print(
+        f"batch silhouette {res['before']['batch_silhouette']:.3f} -> {res['after']['batch_silhouette']:.3f}; "
+        f"biology silhouette {res['before']['biology_silhouette']:.3f} -> {res['after']['biology_silhouette']:.3f}\n"
+        f"{res['png']}\n{res['json']}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("normalize")(normalize)
+    app.command("filter")(filter_genes)
+    app.command("impute")(impute)
+    app.command("combat")(combat)
+    app.command("combat-seq")(combat_seq)
+    app.command("combat-report")(combat_report)
