@@ -69,7 +69,7 @@ def make_baseline(name: str, task: str, seed: int = 0, gene_sets: Mapping[str, S
         return make_pipeline(PathwayScorer(dict(gene_sets), min_size=1, genes=list(genes)), StandardScaler(), head)
     if clf:
         if name == "logreg_l2":
-            return LogisticRegressionCV(Cs=_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=3000,
+            return LogisticRegressionCV(Cs=_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=3000, tol=1e-3,
                                         cv=3, use_legacy_attributes=False)
         if name == "elasticnet":
             return LogisticRegression(C=0.1, l1_ratio=0.5, solver="saga", max_iter=3000, random_state=seed)

@@ -104,6 +104,7 @@ def run_hpo(
     tracker: Any = None,
     timeout: float | None = None,
     pruner: str = "median",
+    prune_startup: int = 2,
     on_trial: Callable[[int, float | None, str], None] | None = None,
 ) -> HPOResult:
     """Search hyper-parameters by cross-validated deep-model performance.
@@ -124,6 +125,8 @@ def run_hpo(
     tracker : RunTracker, optional
         Each trial becomes a nested run of the tracker's run.
     pruner : {"median", "none"}
+        Median rule: a trial whose running mean after a fold is worse than the median of earlier trials at
+        that fold stops; the first ``prune_startup`` trials always run to the end.
     on_trial : callable ``(number, value, state)``
     """
     import optuna
@@ -145,7 +148,7 @@ def run_hpo(
         n_trials = min(n_trials, int(np.prod([len(v) for v in space.values()])))
     else:
         raise InputError(f"unknown sampler {sampler!r}; use tpe or grid")
-    prn = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
+    prn = (optuna.pruners.MedianPruner(n_startup_trials=prune_startup, n_warmup_steps=0) if pruner == "median"
            else optuna.pruners.NopPruner())
     study = optuna.create_study(direction=direction, sampler=samp, pruner=prn)
 
