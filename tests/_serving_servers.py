@@ -61,18 +61,25 @@ class MlflowServer:
              "--port", str(self.port), "--workers", "1"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dir, start_new_session=True,
         )
-        t_end = time.monotonic() + 120
+        self.healthy = False
+
+    def wait(self) -> MlflowServer:
+        """Block until /health answers (the first start migrates a new sqlite DB: seconds to tens of seconds)."""
+        if self.healthy:
+            return self
+        t_end = time.monotonic() + 180
         while time.monotonic() < t_end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {(self.dir / 'server.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:  # noqa: S310 - local
                     if r.status == 200:
-                        return
+                        self.healthy = True
+                        return self
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
+        raise RuntimeError("mlflow server did not become healthy in 180 s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -84,12 +91,17 @@ class MlflowServer:
         self.log.close()
 
 
-def mlflow_server() -> MlflowServer:
+def prestart_mlflow() -> MlflowServer:
+    """Start the server process without waiting, so its slow first start overlaps other tests."""
     if "mlflow" not in _CACHE:
         srv = MlflowServer()
         _CACHE["mlflow"] = srv
         atexit.register(srv.stop)
     return _CACHE["mlflow"]  # type: ignore[return-value]
+
+
+def mlflow_server() -> MlflowServer:
+    return prestart_mlflow().wait()
 
 
 def triton_server():

@@ -7,12 +7,14 @@ import uuid
 
 import numpy as np
 import pytest
-from _serving_servers import mlflow_server
+from _serving_servers import mlflow_server, prestart_mlflow
 from genexflow.serving.registry import CHALLENGER, CHAMPION, GatePolicy, Registry, evaluate_metrics
 from genexflow.serving.repository import ModelRepository
 from genexflow.serving.toy import make_toy_artifact, toy_cohort
 
 from genexflow.errors import InputError
+
+prestart_mlflow()  # its first start migrates a sqlite DB; let that overlap collection and other tests
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _serving_servers import mlflow_server, triton_server
+from _serving_servers import mlflow_server, prestart_mlflow, triton_server
 from genexflow.serving.client import InferenceError, ServerUnavailable, TritonClient
 from genexflow.serving.inputs import build_inputs
 from genexflow.serving.repository import deploy
@@ -27,6 +27,8 @@ from genexflow.serving.toy import make_toy_artifact, toy_cohort, toy_info, toy_m
 from genexflow.export import ServingArtifact, export_onnx_artifact, run_onnx, sha256_file, write_sidecar
 
 GENEXFLOW = str(Path(sys.executable).parent / "genexflow")
+
+prestart_mlflow()  # its first start migrates a sqlite DB; let that overlap collection and other tests
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,20 @@ def test_infra_validation_passes_good_and_rejects_bad_models(triton, arts, tmp_p
     assert TritonClient(server.url, "x").is_ready()
 
 
-def test_end_to_end_register_gate_validate_promote_serve_predict_rollback(triton, arts, tmp_path):
+def run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    from genexflow.cli.main import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def test_end_to_end_register_gate_validate_promote_serve_predict_rollback(triton, arts, tmp_path, capsys):
     from genexflow.serving.infra_validate import validate_registered
     from genexflow.serving.registry import GatePolicy, Registry
 
@@ -192,11 +207,10 @@ def test_end_to_end_register_gate_validate_promote_serve_predict_rollback(triton
     heldout = toy_cohort(a.info, 150, seed=9)
     heldout.samples["label"] = np.asarray(a.info.class_names)[_expected(a, heldout).argmax(1)]
     heldout.write(tmp_path / "heldout")
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        r = subprocess.run([GENEXFLOW, *args], capture_output=True, text=True, env=env, timeout=300)
-        return r
+        """The CLI in-process (importing mlflow per subprocess costs seconds on a busy 2-core box)."""
+        return run_cli(capsys, *args)
 
     # v1: register -> gate (no champion) -> infra-validate in the real Triton -> promote + deploy + load
     v1 = reg.register(a, name, baselines={"logreg": {"balanced_accuracy": 0.3}})
@@ -214,14 +228,16 @@ def test_end_to_end_register_gate_validate_promote_serve_predict_rollback(triton
     frame.T.to_csv(tmp_path / "genes_by_samples.csv", index_label="gene_id")  # other orientation
     heldout.samples.iloc[:20].to_csv(tmp_path / "samples.csv")
 
-    def predict(url: str) -> pd.DataFrame:
+    def predict(url: str, subprocess_run: bool = False) -> pd.DataFrame:
         out = tmp_path / f"pred-{uuid.uuid4().hex[:4]}.csv"
-        q = cli("predict", str(tmp_path / "genes_by_samples.csv"), "--samples", str(tmp_path / "samples.csv"),
-                "--url", url, "--model-name", model, "-o", str(out))
+        args = ["predict", str(tmp_path / "genes_by_samples.csv"), "--samples", str(tmp_path / "samples.csv"),
+                "--url", url, "--model-name", model, "-o", str(out)]
+        q = subprocess.run([GENEXFLOW, *args], capture_output=True, text=True, timeout=300) if subprocess_run \
+            else cli(*args)
         assert q.returncode == 0, q.stderr
         return pd.read_csv(out, index_col=0)
 
-    first = predict(server.url)
+    first = predict(server.url, subprocess_run=True)
     assert (first["model_version"] == f"{name}/{v1.version}").all()
     assert np.abs(first.filter(like="p_").to_numpy() - _expected(a, heldout)[:20]).max() < 1e-6
 
