@@ -103,9 +103,12 @@ class ServingModule:
 
     @staticmethod
     def build(preprocess: Any, model: Any, task: str, *, use_covariates: bool, use_batch: bool,
-              preprocess_takes_covariates: bool = False, include_latent: bool = False) -> Any:
-        """Wrap ``preprocess`` (raw (B, G_in) [+ batch (B,)] [+ covariates] -> (B, G_out)) and ``model``
-        (``model(x, covariates)`` -> logits, or a tuple/dict/dataclass carrying ``logits`` and ``latent``).
+              preprocess_takes_covariates: bool = False, include_latent: bool = False,
+              target_mean: float = 0.0, target_std: float = 1.0) -> Any:
+        """Wrap ``preprocess`` (``preprocess(x, batch_index=..., covariates=...)``: raw (B, G_in) ->
+        (B, G_out)) and ``model`` (``model(x, covariates)`` -> logits, or a tuple/dict/NamedTuple carrying
+        ``logits`` and ``latent``) into one module: softmax for classification; for regression the
+        standardized output is mapped back with ``target_std`` / ``target_mean`` as training predicts.
 
         The wrapped module's ``forward`` takes only the inputs the graph needs, in the order
         expression, covariates, batch_index.
@@ -121,18 +124,18 @@ class ServingModule:
             def _run(self, expression, covariates, batch_index):
                 x = expression
                 if self.preprocess is not None:
-                    args = [expression]
+                    kw = {}
                     if use_batch:
-                        args.append(batch_index)
+                        kw["batch_index"] = batch_index
                     if preprocess_takes_covariates:
-                        args.append(covariates)
-                    x = self.preprocess(*args)
+                        kw["covariates"] = covariates
+                    x = self.preprocess(expression, **kw)
                 out = self.model(x, covariates if use_covariates else None)
                 logits, latent = _split_output(out)
                 if task == "classification":
                     y = torch.softmax(logits, dim=-1)
                 else:
-                    y = logits.reshape(logits.shape[0], -1)[:, :1]
+                    y = logits.reshape(logits.shape[0], -1)[:, :1] * target_std + target_mean
                 if include_latent:
                     return y, latent
                 return y
@@ -169,12 +172,11 @@ def _split_output(out: Any) -> tuple[Any, Any]:
         return out, None
     if isinstance(out, dict):
         return out.get("logits", out.get("output")), out.get("latent", out.get("z"))
+    if hasattr(out, "logits"):  # PathwayNetOutput (a NamedTuple) or a dataclass
+        return out.logits, getattr(out, "latent", None)
     if isinstance(out, (tuple, list)):
         return out[0], (out[1] if len(out) > 1 else None)
-    logits = getattr(out, "logits", None)
-    if logits is None:
-        logits = out.output
-    return logits, getattr(out, "latent", None)
+    return out.output, getattr(out, "latent", None)
 
 
 def export_onnx_artifact(
@@ -331,10 +333,12 @@ def ort_session(path: str | Path, threads: int = 1) -> Any:
 
 
 def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, include_latent: bool = False,
-                  opset: int = 17) -> ServingArtifact:
+                  opset: int = 17, atol: float = 1e-4) -> ServingArtifact:
     """Export a trained model bundle (``genexflow.bundle``) to ``out_dir`` (default: the bundle folder).
 
-    Builds ``PreprocessingPipeline.to_torch()`` + the model from ``model.pt`` and exports them as one graph.
+    Builds ``PreprocessingPipeline.to_torch()`` + the network from ``model.pt`` and exports them as one graph
+    (raw expression + covariates + batch index -> probabilities / prediction [+ latent]). The covariates
+    input feeds both the model and ComBat (training fits both encodings on the same columns and rows).
     """
     from genexflow.bundle import load_bundle
 
@@ -342,18 +346,27 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
     model = _model_from_state(state)
     pre_module = pre.to_torch() if pre is not None else None
     takes_cov = bool(getattr(pre_module, "takes_covariates", False))
-    use_batch = bool(info.batch_column) and bool(getattr(pre_module, "takes_batch", True))
+    use_batch = bool(getattr(pre_module, "takes_batch", False))
+    if use_batch and list(map(str, getattr(pre, "batch_levels_", info.batch_levels))) != list(info.batch_levels):
+        raise InputError("the preprocessing's batch levels differ from bundle.json's; re-save the bundle")
+    if takes_cov:
+        specs = [asdict(c) for c in getattr(pre, "covariate_specs_", [])]
+        if specs != [asdict(c) for c in info.covariates]:
+            raise InputError("ComBat's covariate encoding differs from the model's (bundle.json covariates); "
+                             "the single `covariates` graph input cannot feed both")
+    use_cov = info.n_covariates > 0
+    ex = info.extra or {}
     module = ServingModule.build(
-        pre_module, model, info.task, use_covariates=info.n_covariates > 0 or takes_cov, use_batch=use_batch,
+        pre_module, model, info.task, use_covariates=use_cov, use_batch=use_batch,
         preprocess_takes_covariates=takes_cov, include_latent=include_latent,
+        target_mean=float(ex.get("target_mean", 0.0) or 0.0), target_std=float(ex.get("target_std", 1.0) or 1.0),
     )
-    meta = {"pipeline": repr(pre)} if pre is not None else {}
-    describe = getattr(pre, "describe", None)
-    if callable(describe):
-        meta = describe()
+    meta = {"pipeline": repr(pre), "n_genes_in": len(info.input_genes),
+            "n_genes_out": len(getattr(pre, "genes_out_", [])), "batch_corrected": use_batch,
+            "combat_covariates": takes_cov, "architecture": ex.get("architecture", "")}
     return export_onnx_artifact(
-        module, info, out_dir or bundle_dir, use_covariates=info.n_covariates > 0 or takes_cov,
-        use_batch=use_batch, include_latent=include_latent, preprocessing_meta=meta, opset=opset,
+        module, info, out_dir or bundle_dir, use_covariates=use_cov, use_batch=use_batch,
+        include_latent=include_latent, preprocessing_meta=meta, opset=opset, atol=atol,
     )
 
 
