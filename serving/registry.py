@@ -200,7 +200,8 @@ class Registry:
                  baselines: dict[str, dict[str, float]] | None = None, lineage: dict | None = None,
                  run_id: str | None = None, experiment: str = "genexflow-registry",
                  set_challenger: bool = True) -> VersionInfo:
-        """Register ``artifact`` (folder with model.onnx + model.json) as a new version of ``name``.
+        """Register ``artifact`` (folder with model.onnx + model.json, or a training bundle, exported first)
+        as a new version of ``name``.
 
         Logs it as an MLflow onnx model with its signature into ``run_id`` (the training run; a new run in
         ``experiment`` otherwise), tags the version with sha256 / metrics / baselines / lineage and points
@@ -210,12 +211,23 @@ class Registry:
         import onnx
         from mlflow.exceptions import MlflowException
 
+        if not isinstance(artifact, ServingArtifact) and (Path(artifact) / "bundle.json").exists() \
+                and not (Path(artifact) / "model.json").exists():
+            from genexflow.export import export_bundle  # a training bundle: export it first
+
+            bundle_dir = bundle_dir or artifact
+            artifact = export_bundle(artifact)
         art = artifact if isinstance(artifact, ServingArtifact) else load_artifact(artifact, verify=True)
         info = art.info
         metrics = dict(metrics if metrics is not None else info.metrics)
         baselines = baselines if baselines is not None else dict(info.metrics.get("baselines", {}) or {})
         metrics.pop("baselines", None)
         lineage = lineage if lineage is not None else dict(info.lineage)
+        if run_id is None and lineage.get("mlflow_run_id"):
+            try:  # the training run, when it lives in this tracking store
+                run_id = self.client.get_run(str(lineage["mlflow_run_id"])).info.run_id
+            except MlflowException:
+                run_id = None
         if run_id is None:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(

@@ -50,7 +50,7 @@ def models_list(name: str = _NAME, tracking_uri: str | None = _URI,
 
 @models_app.command("register")
 def models_register(
-    artifact: Path = typer.Argument(..., help="Serving artifact folder (model.onnx + model.json, from export)."),
+    artifact: Path = typer.Argument(..., help="Serving artifact (model.onnx + model.json) or training bundle folder."),
     name: str = _NAME, tracking_uri: str | None = _URI,
     bundle: Path | None = typer.Option(None, help="Training bundle folder to store beside the ONNX model."),
     run_id: str | None = typer.Option(None, help="MLflow run that trained the model (default: a new run)."),
