@@ -182,7 +182,9 @@ def test_mostly_mismatched_samples_is_critical(tmp_path, toy):
     sheet.index = [f"S0{i}" if i < 5 else f"X{i}" for i in range(1, 9)]
     sheet.index.name = "sample_id"
     with pytest.raises(ValidationError, match=r"expect_column_mean_to_be_between\(kept, min_value=0.75\): "
-                                              r"at most 25% of the samples are quarantined: observed"):
+                                              r"at most 25% of the samples are quarantined: observed 0.3333.*"
+                                              r"samples rejected by: expect_column_values_to_be_in_set"
+                                              r"\(in_sheet, value_set=\[True\]\) \(4\)"):
         run(tmp_path, m, sheet)
 
 
@@ -297,3 +299,15 @@ def test_inputs_are_never_modified(tmp_path, toy):
     before = {p: file_md5(p) for p in (expr, sheet_p)}
     run(tmp_path, expr, sheet_p)
     assert {p: file_md5(p) for p in (expr, sheet_p)} == before
+
+
+def test_library_size_outlier_flagged_or_quarantined(tmp_path, toy):
+    m, sheet = toy
+    m.iloc[6] *= 200  # a sample sequenced 200x deeper: far outside median +- 5 MAD of log10 library size
+    res = run(tmp_path, m, sheet)
+    assert res.cohort.n_samples == 8  # default: flagged only
+    assert any("log10_library_size" in w and "S07=" in w for w in res.warnings)
+    res = run(tmp_path, m, sheet, outliers="quarantine")
+    r = _reason(res, "sample", "S07")
+    assert r["check"].str.startswith("expect_column_values_to_be_between(log10_library_size, min_value=").all()
+    assert "S07" not in res.cohort.sample_ids

@@ -485,6 +485,9 @@ def ingest(
         report["timing_s"] = round(time.perf_counter() - t_start, 3)
         rjson, rhtml = _write_report(report, report_dir)
         lines = "; ".join(c.message() for c in critical)
+        if records and any(c.suite == "cohort" for c in critical):  # say why so many samples were rejected
+            why = pd.Series([r.check for r in records if r.kind == "sample"]).value_counts()
+            lines += "; samples rejected by: " + ", ".join(f"{k} ({v})" for k, v in why.head(4).items())
         raise ValidationError(
             f"validation failed, {len(critical)} critical check(s): {lines} "
             f"[report: {rhtml}; inputs quarantined: {qpath}]",
