@@ -608,11 +608,12 @@ class LatentNoveltyDetector:
     the distance Mahalanobis). A sample's distance score is its mean Euclidean distance to the
     ``n_neighbors`` nearest reference *fit* rows. In the built-in PCA space the residual off the PCA
     subspace (``pc_spe``, the squared prediction error of multivariate process control) is a second
-    score, so a new program outside the top components is seen too; the two are combined as the larger
-    of their ratios to the calibration medians. The threshold is the conformal ``quantile`` of the scores
-    of reference rows held out of the fit (the built-in PCA is fitted on half the rows), or of
-    leave-one-out scores when the latent space came from the model. Under no drift the count of new
-    samples above it is beta-binomial (the calibration set is finite), which gives the p-value.
+    score, so a new program outside the top components is seen too. Each score is turned into its rank
+    among the calibration scores and the novelty score is the larger rank, so neither scale dominates.
+    Calibration rows are reference rows held out of the fit (the built-in PCA is fitted on half the
+    rows), or leave-one-out scores when the latent space came from the model; the threshold is the
+    conformal ``quantile`` of their novelty scores. Under no drift the count of new samples above it is
+    beta-binomial (the calibration set is finite), which gives the p-value.
 
     Parameters
     ----------
@@ -679,8 +680,8 @@ class LatentNoveltyDetector:
         else:
             cal["nn_loo"] = NearestNeighbors(n_neighbors=k + 1).fit(Zf)
             raw = self._raw_scores(cal, ref.features[fit], loo=True)
-        cal["median"] = np.where(np.median(raw, 0) > 0, np.median(raw, 0), 1.0)
-        scores = np.sort((raw / cal["median"]).max(1))
+        cal["sorted"] = np.sort(raw, axis=0)
+        scores = np.sort(self._combine(cal, raw))
         n_cal = len(scores)
         rank = int(np.ceil(self.quantile * (n_cal + 1)))
         cal["threshold"] = float(scores[rank - 1]) if rank <= n_cal else float("inf")
@@ -689,8 +690,17 @@ class LatentNoveltyDetector:
         cal["beta"] = (max(n_cal + 1 - rank, 1e-9), float(rank))
         return cal
 
+    @staticmethod
+    def _combine(cal: dict[str, Any], raw: np.ndarray) -> np.ndarray:
+        """Largest calibration rank (fraction of calibration scores strictly below) across the scores."""
+        srt = cal["sorted"]
+        ranks = [np.searchsorted(srt[:, j], raw[:, j], side="left") / len(srt) for j in range(raw.shape[1])]
+        return np.max(ranks, axis=0)
+
     def score(self, new: pd.DataFrame) -> NoveltyReport:
-        """Score new samples; ``new`` are features from :meth:`ReferenceProfile.compute_features`."""
+        """Score new samples; ``new`` are features from :meth:`ReferenceProfile.compute_features`.
+
+        ``scores`` in the report are the combined calibration ranks in [0, 1]."""
         from scipy import stats
 
         _check_fitted(self, "reference_")
@@ -704,8 +714,8 @@ class LatentNoveltyDetector:
             self.cal_[space] = self._calibrate(space)
         cal = self.cal_[space]
         if cal["spe"] and "pc_spe" not in new.columns:
-            cal = {**cal, "spe": False}
-        scores = (self._raw_scores(cal, new) / cal["median"][: 2 if cal["spe"] else 1]).max(1)
+            cal = {**cal, "spe": False, "sorted": cal["sorted"][:, :1]}
+        scores = self._combine(cal, self._raw_scores(cal, new))
         n_novel = int((scores > cal["threshold"]).sum())
         a, b = cal["beta"]
         p = float(stats.betabinom.sf(n_novel - 1, len(scores), a, b))

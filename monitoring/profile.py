@@ -400,10 +400,13 @@ def _features_pass(
 
 def _fit_pca(Z: np.ndarray, fit_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Loadings (n_genes, k) of a PCA on rows ``fit_rows`` of standardized ``Z`` and their centre."""
+    from sklearn.utils.extmath import randomized_svd
+
     Zf = Z[fit_rows]
     center = Zf.mean(0)
-    _, _, vt = np.linalg.svd(Zf - center, full_matrices=False)
-    k = min(k, vt.shape[0])
+    k = max(1, min(k, Zf.shape[0] - 1, Zf.shape[1]))
+    # Randomized SVD: only k components are needed, and it is O(n p k) instead of a full LAPACK SVD.
+    _, _, vt = randomized_svd(Zf - center, k, n_iter=7, random_state=0)
     comps = vt[:k].T
     # Deterministic sign: the largest |loading| of each component positive.
     flip = np.sign(comps[np.abs(comps).argmax(0), np.arange(k)])
