@@ -95,3 +95,20 @@ def check_n_genes(est: Any, X: np.ndarray, names: np.ndarray | None) -> None:
             f"gene order differs from training at column {pos} ({names[pos]!r} vs {trained[pos]!r}); "
             "reorder the columns to the training gene order"
         )
+
+
+_CONTROLLER = None
+
+
+def single_threaded_blas():
+    """Context manager: BLAS on one thread.
+
+    The products here are thin (a few design columns times many genes) and memory-bound; on a busy
+    2-core machine a second BLAS thread makes them 10x slower through contention, never faster.
+    """
+    global _CONTROLLER
+    from threadpoolctl import ThreadpoolController
+
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")

@@ -31,6 +31,7 @@ from genexflow.preprocessing._utils import (
     check_fitted,
     check_n_genes,
     gene_list,
+    single_threaded_blas,
 )
 from genexflow.preprocessing.design import CovariateEncoder, batch_design, check_confounding
 
@@ -61,8 +62,8 @@ def postvar(sum2, n, a, b):
 
 
 def it_sol(
-    sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray, g_bar: float, t2: float, a: float, b: float,
-    conv: float = 1e-4, max_iter: int = 10_000,
+    sdat: np.ndarray | None, g_hat: np.ndarray, d_hat: np.ndarray, g_bar: float, t2: float, a: float, b: float,
+    conv: float = 1e-4, max_iter: int = 10_000, moments: tuple[int, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Parametric EB iteration of sva's ``it.sol`` for one batch, all genes at once.
 
@@ -74,6 +75,8 @@ def it_sol(
         Per-gene location and scale estimates of the batch.
     g_bar, t2, a, b : float
         Priors of the batch.
+    moments : (n, mean, SS), optional
+        Precomputed sample count, per-gene mean and sum of squared deviations of ``sdat``.
 
     Returns
     -------
@@ -87,9 +90,12 @@ def it_sol(
     iterations run and therefore the last digits; changing it would break parity.
     ``rowSums((sdat - g)^2)`` is computed as ``SS + n (mean - g)^2`` (same value, one pass per batch).
     """
-    n = sdat.shape[0]
-    mean = sdat.mean(axis=0)
-    ss = ((sdat - mean) ** 2).sum(axis=0)
+    if moments is None:
+        n = sdat.shape[0]
+        mean = sdat.mean(axis=0)
+        ss = ((sdat - mean) ** 2).sum(axis=0)
+    else:
+        n, mean, ss = moments
     g_old, d_old = g_hat, d_hat
     g_new, d_new = g_hat, d_hat
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -132,6 +138,25 @@ def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
     """
     import torch
 
+    threads = torch.get_num_threads()
+    if _busy():  # on an oversubscribed machine extra threads only add contention (3-4x slower)
+        torch.set_num_threads(1)
+    try:
+        return _int_eprior(torch, sdat, g_hat, d_hat, block)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _busy() -> bool:
+    import os
+
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
+def _int_eprior(torch, sdat, g_hat, d_hat, block):
     n, G = sdat.shape
     x = torch.as_tensor(sdat, dtype=torch.float64)
     g = torch.as_tensor(g_hat, dtype=torch.float64)
@@ -168,7 +193,7 @@ def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
 
 def eb_batch_estimates(
     sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray, parametric: bool, mean_only: bool,
-    conv: float = 1e-4,
+    conv: float = 1e-4, moments: tuple[int, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """gamma*/delta* for one batch from its standardized data and raw estimates (priors from its genes)."""
     if parametric:
@@ -178,7 +203,7 @@ def eb_batch_estimates(
             return postmean(g_hat, g_bar, 1, 1, t2), np.ones_like(g_hat)
         a = float(aprior(d_hat))
         b = float(bprior(d_hat))
-        gs, ds, _ = it_sol(sdat, g_hat, d_hat, g_bar, t2, a, b, conv=conv)
+        gs, ds, _ = it_sol(sdat, g_hat, d_hat, g_bar, t2, a, b, conv=conv, moments=moments)
         return gs, ds
     if mean_only:
         d_hat = np.ones_like(d_hat)
@@ -267,13 +292,15 @@ class ComBat(TransformerMixin, BaseEstimator):
         covariates : DataFrame of shape (n_samples, n_covariates), optional
             Biological covariates to protect (sample-sheet columns; categorical columns are one-hot).
         """
-        self._fit(X, batch, covariates)
+        with single_threaded_blas():
+            self._fit(X, batch, covariates)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, *, batch: Any = None, covariates: Any = None) -> np.ndarray:
         """Fit and correct the training samples (equal to ``sva::ComBat`` on the same input)."""
-        self._fit(X, batch, covariates)
-        return self.transform(X, batch=batch, covariates=covariates)
+        with single_threaded_blas():
+            X, s, stand_mean, bidx = self._fit(X, batch, covariates)
+            return self._adjust(X, s, stand_mean, bidx)
 
     def _fit(self, X: Any, batch: Any, covariates: Any) -> np.ndarray:
         if self.unseen_batch not in ("error", "estimate"):
@@ -302,11 +329,12 @@ class ComBat(TransformerMixin, BaseEstimator):
             ref = int(hits[0])
 
         # genes that are constant within a batch (sva checks batches with > 1 sample)
-        const = np.zeros(G, dtype=bool)
-        for b in range(len(levels)):
-            if counts[b] > 1:
-                xb = X[bidx == b]
-                const |= (xb == xb[0]).all(axis=0)
+        order = np.argsort(bidx, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        Xo = X[order]
+        spread = np.maximum.reduceat(Xo, starts, axis=0) != np.minimum.reduceat(Xo, starts, axis=0)
+        del Xo
+        const = ~spread[counts > 1].all(axis=0)
         if const.any() and self.constant_genes == "error":
             cols = np.flatnonzero(const)
             raise InputError(
@@ -326,7 +354,7 @@ class ComBat(TransformerMixin, BaseEstimator):
         check_confounding(design, len(levels), cov_names)
 
         keep = ~const
-        Xk = X[:, keep]
+        Xk = X[:, keep] if const.any() else X
         nb = len(levels)
         B = np.linalg.solve(design.T @ design, design.T @ Xk)
         if ref is not None:
@@ -346,15 +374,20 @@ class ComBat(TransformerMixin, BaseEstimator):
 
         bd = design[:, :nb]
         gamma_hat = np.linalg.solve(bd.T @ bd, bd.T @ s)
-        delta_hat = np.ones((nb, Xk.shape[1]))
-        if not self.mean_only:
-            for b in range(nb):
-                delta_hat[b] = s[bidx == b].var(axis=0, ddof=1)
+        # per-batch means and (two-pass) sums of squares of s through indicator products, no row copies
+        onehot = np.zeros((nb, n))
+        onehot[bidx, np.arange(n)] = 1.0
+        bmean = (onehot @ s) / counts[:, None]
+        ss = onehot @ np.square(s - bmean[bidx])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta_hat = np.ones_like(bmean) if self.mean_only else ss / (counts[:, None] - 1)
         gamma_star = np.empty_like(gamma_hat)
         delta_star = np.empty_like(delta_hat)
         for b in range(nb):
+            rows = s[bidx == b] if not self.parametric else None
             gamma_star[b], delta_star[b] = eb_batch_estimates(
-                s[bidx == b], gamma_hat[b], delta_hat[b], self.parametric, self.mean_only, self.conv)
+                rows, gamma_hat[b], delta_hat[b], self.parametric, self.mean_only, self.conv,
+                moments=(int(counts[b]), bmean[b], ss[b]))
         if ref is not None:
             gamma_star[ref] = 0.0
             delta_star[ref] = 1.0
@@ -384,7 +417,13 @@ class ComBat(TransformerMixin, BaseEstimator):
             self.feature_names_in_ = names
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
-        return X
+        if const.any():  # full-width standardized data for the adjustment of the training samples
+            s_full = np.zeros((n, G))
+            s_full[:, keep] = s
+            m_full = np.array(X, copy=True)
+            m_full[:, keep] = stand_mean
+            s, stand_mean = s_full, m_full
+        return X, s, stand_mean, bidx
 
     # ------------------------------------------------------------------ transform
     def covariate_design(self, covariates: Any, n: int) -> np.ndarray:
@@ -422,6 +461,10 @@ class ComBat(TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples, n_genes), float64
         """
         check_fitted(self, "gamma_star_")
+        with single_threaded_blas():
+            return self._transform(X, batch, covariates)
+
+    def _transform(self, X: Any, batch: Any, covariates: Any) -> np.ndarray:
         X, names = as_matrix(X)
         check_n_genes(self, X, names)
         check_finite(X, "ComBat input", names)
@@ -433,7 +476,6 @@ class ComBat(TransformerMixin, BaseEstimator):
         seen = bidx >= 0
         # sva: batch.design[i, ] %*% gamma.star; with a reference batch its column is 1 for every
         # sample but its gamma.star is 0, so this is the sample's own batch row either way
-        ref = self.ref_index_
         gamma[seen] = self.gamma_star_[bidx[seen]]
         delta[seen] = self.delta_star_[bidx[seen]]
         if not seen.all():
@@ -450,7 +492,20 @@ class ComBat(TransformerMixin, BaseEstimator):
                 g_star, d_star = self._estimate_unseen(s[rows], label)
                 gamma[rows] = g_star
                 delta[rows] = d_star
-        out = (s - gamma) / np.sqrt(delta) * np.sqrt(self.var_pooled_) + stand_mean
+        return self._adjust(X, s, stand_mean, bidx, gamma, delta)
+
+    def _adjust(self, X: np.ndarray, s: np.ndarray, stand_mean: np.ndarray, bidx: np.ndarray,
+                gamma: np.ndarray | None = None, delta: np.ndarray | None = None) -> np.ndarray:
+        """sva's final step: ``(s - gamma*) / sqrt(delta*) * sqrt(var.pooled) + stand.mean``."""
+        if gamma is None:
+            gamma = self.gamma_star_[bidx]
+            delta = self.delta_star_[bidx]
+        s -= gamma
+        s /= np.sqrt(delta)
+        s *= np.sqrt(self.var_pooled_)
+        s += stand_mean
+        out = s
+        ref = self.ref_index_
         if ref is not None:  # sva returns the reference batch unchanged (bit for bit)
             out[bidx == ref] = X[bidx == ref]
         fixed = ~self.adjusted_genes_
