@@ -1,0 +1,132 @@
+"""Layers: the factorized and edge-list graph propagation agree with the dense ``Â H``; attention weights;
+pathway pooling; config validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genexflow.errors import InputError
+from genexflow.models import (
+    EdgePropagation,
+    GraphConv,
+    MembershipPropagation,
+    PathwayNet,
+    PathwayNetConfig,
+    PathwayPooling,
+    dense_propagation,
+    make_propagation,
+)
+from genexflow.priors import PathwayScorer, comembership_graph, edge_list_graph, normalized_adjacency
+
+
+def _sets(G=40, P=6, seed=0):
+    rng = np.random.default_rng(seed)
+    genes = [f"g{i}" for i in range(G)]
+    sets = {f"s{k}": list(rng.choice(genes[: G - 3], size=rng.integers(4, 12), replace=False)) for k in range(P)}
+    return genes, sets
+
+
+def test_factorized_propagation_equals_dense():
+    genes, sets = _sets()
+    g = comembership_graph(sets, genes)
+    A_hat = torch.tensor(normalized_adjacency(g.adjacency().toarray().astype(np.float64)))
+    H = torch.randn(40, 5, dtype=torch.float64)
+    ref = dense_propagation(A_hat, H)
+    prop = make_propagation(g)
+    assert isinstance(prop, MembershipPropagation)
+    got = prop(H.float()).double()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # Genes outside every set (the last three) are left unchanged: their row of Â is e_i.
+    torch.testing.assert_close(got[-3:], H[-3:], rtol=1e-6, atol=1e-6)
+
+
+def test_edge_propagation_equals_dense_with_duplicate_targets():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    genes = [f"g{i}" for i in range(30)]
+    i, j = rng.integers(0, 30, 150), rng.integers(0, 30, 150)
+    edges = pd.DataFrame({"gene1": np.array(genes)[i], "gene2": np.array(genes)[j],
+                          "weight": rng.random(150).astype(np.float32)})
+    g = edge_list_graph(edges, genes)
+    prop = make_propagation(g)
+    assert isinstance(prop, EdgePropagation)
+    A_hat = torch.tensor(normalized_adjacency(g.adjacency().toarray().astype(np.float64)))
+    H = torch.randn(30, 4, dtype=torch.float64)
+    torch.testing.assert_close(prop(H.float()).double(), A_hat @ H, rtol=1e-5, atol=1e-6)
+
+
+def test_graphconv_shapes_residual_and_gradients():
+    genes, sets = _sets()
+    prop = make_propagation(comembership_graph(sets, genes))
+    layer = GraphConv(8, dropout=0.0)
+    H = torch.randn(40, 3, 8, requires_grad=True)
+    out = layer(H, prop)
+    assert out.shape == (40, 3, 8)
+    # Formula: H + GELU(Â (H Θ) + b), with Â applied to every sample and feature.
+    Z = prop(layer.lin(H).reshape(40, -1)).reshape(40, 3, 8)
+    torch.testing.assert_close(out, H + torch.nn.functional.gelu(Z + layer.bias))
+    out.sum().backward()
+    assert H.grad is not None and layer.lin.weight.grad.abs().sum() > 0
+    # Samples do not mix: changing sample 0 leaves samples 1 and 2 unchanged.
+    H2 = H.detach().clone()
+    H2[:, 0] += 1.0
+    out2 = layer(H2, prop)
+    torch.testing.assert_close(out2[:, 1:], out.detach()[:, 1:])
+
+
+def test_pooling_starts_at_pathway_means_and_learns_weights():
+    genes, sets = _sets()
+    from genexflow.priors import membership_matrix
+
+    M = torch.tensor(membership_matrix(sets, genes))
+    X = np.random.default_rng(2).normal(size=(5, 40)).astype(np.float32)
+    pool = PathwayPooling(40)
+    pooled = pool(torch.tensor(X).t().unsqueeze(-1), M).squeeze(-1).t()  # (B, P)
+    ref = PathwayScorer(sets, min_size=1, genes=genes).fit(X).transform(X)
+    np.testing.assert_allclose(pooled.detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        pool.gene_logits[0] = 3.0
+    W = pool.weights(M)
+    torch.testing.assert_close(W.sum(0), torch.ones(6))
+    assert torch.all(W[M == 0] == 0)
+    via_weights = (W.t() @ torch.tensor(X).t()).t()
+    torch.testing.assert_close(pool(torch.tensor(X).t().unsqueeze(-1), M).squeeze(-1).t(), via_weights)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_attention_weights_shape_and_normalization(norm_first):
+    genes, sets = _sets()
+    from genexflow.priors import membership_matrix
+
+    M = membership_matrix(sets, genes)
+    cfg = PathwayNetConfig(n_genes=40, n_pathways=6, n_covariates=2, n_outputs=3, n_heads=2, d_model=16,
+                           transformer_layers=3, norm_first=norm_first)
+    net = PathwayNet(cfg, M).eval()
+    out = net(torch.randn(4, 40), torch.randn(4, 2))
+    assert len(out.attention) == 3
+    for w in out.attention:
+        assert w.shape == (4, 2, 7, 7)
+        assert torch.all(w >= 0)
+        torch.testing.assert_close(w.sum(-1), torch.ones(4, 2, 7))
+    pa = net.pathway_attention(out)
+    assert pa.shape == (4, 6) and torch.all(pa.sum(1) < 1.0 + 1e-6)
+    # Attention runs over a real token sequence: different pathways get different weights.
+    assert pa.std(1).min() > 0
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="regression"):
+        PathwayNetConfig(n_genes=10, n_pathways=2, task="regression", n_outputs=2)
+    with pytest.raises(InputError, match="divisible"):
+        PathwayNetConfig(n_genes=10, n_pathways=2, d_model=10, n_heads=4)
+    with pytest.raises(InputError, match="task"):
+        PathwayNetConfig(n_genes=10, n_pathways=2, task="ranking")
+    cfg = PathwayNetConfig(n_genes=10, n_pathways=2, readout_dims=[32, 16])
+    assert PathwayNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InputError, match="shape"):
+        PathwayNet(cfg, np.zeros((9, 2)))
+    with pytest.raises(InputError, match="unknown"):
+        PathwayNetConfig.from_dict({**cfg.to_dict(), "bogus": 1})
