@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -199,11 +200,18 @@ def _score_child(args: list[str]) -> tuple[float, float, str]:
 
 
 def batch(rows: int, genes: int, chunk: int, concurrency: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    try:
+        _batch(work, rows, genes, chunk, concurrency)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the cohort is GBs
+
+
+def _batch(work: Path, rows: int, genes: int, chunk: int, concurrency: int) -> None:
     from genexflow.serving.repository import deploy
     from genexflow.serving.toy import make_toy_artifact
     from genexflow.serving.triton_server import TritonServer
 
-    work = Path(tempfile.mkdtemp(prefix="bench-score-"))
     art = make_toy_artifact(work / "art", n_genes=genes, n_classes=4, n_batches=3)
     t0 = time.perf_counter()
     cohort = _write_cohort(work / "cohort", art.info, rows, genes)
