@@ -37,6 +37,7 @@ from genexflow.preprocessing._utils import (
     check_fitted,
     check_n_genes,
     gene_list,
+    single_threaded_blas,
 )
 from genexflow.preprocessing.design import CovariateEncoder, check_confounding
 
@@ -96,12 +97,13 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
         self.full_mod = full_mod
 
     def fit(self, X: Any, y: Any = None, *, batch: Any = None, group: Any = None, covariates: Any = None) -> ComBatSeq:
-        self._fit(X, batch, group, covariates)
+        with single_threaded_blas():
+            self._fit(X, batch, group, covariates)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, *, batch: Any = None, group: Any = None,
                       covariates: Any = None) -> np.ndarray:
-        self._fit(X, batch, group, covariates)
+        self.fit(X, batch=batch, group=group, covariates=covariates)
         return self.transform(X, batch=batch, group=group, covariates=covariates)
 
     # ------------------------------------------------------------------ design

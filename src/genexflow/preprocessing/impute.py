@@ -38,7 +38,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from genexflow.errors import InputError
 from genexflow.preprocessing._rrng import RRandom
-from genexflow.preprocessing._utils import as_matrix, check_fitted, check_n_genes
+from genexflow.preprocessing._utils import as_matrix, check_fitted, check_n_genes, single_threaded_blas
 
 DISMAX = 1e10
 _BLOCK = 4_000_000
@@ -243,6 +243,10 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         return out
 
     def _fit(self, X: Any) -> np.ndarray:
+        with single_threaded_blas():
+            return self._fit_blas(X)
+
+    def _fit_blas(self, X: Any) -> np.ndarray:
         X, names = as_matrix(X)
         n, G = X.shape
         if not (isinstance(self.k, int | np.integer) and self.k >= 1):
