@@ -192,7 +192,9 @@ def main(argv=None) -> int:
                        f"max {diff.max():.0f}, {int((diff > 0).sum())}/{diff.size} counts differ")
         times.add("ComBat-seq, marioni 10x5088", fmt_t(t_ours), fmt_t(t_inm), fmt_ratio(t_inm, t_ours), "-", "-")
 
-    print(f"machine: {os.cpu_count()} cores, numpy {np.__version__}; median of {args.repeat} after warm-up "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} at the end (shared machine: absolute times "
+          f"scale with load, ratios are same-run), numpy {np.__version__}; median of {args.repeat} after warm-up "
           "(single runs for the large rows)\n")
     times.print(["benchmark", "genexflow", "inmoose", "inmoose/genexflow", "scanpy", "scanpy/genexflow"])
     print()
