@@ -539,7 +539,8 @@ def ingest(
     lineage["dvc"] = dvc_record.get("dvc", {})
     if lineage["dvc"].get("error") or lineage["dvc"].get("push_error"):
         warnings_.append(lineage["dvc"].get("error") or lineage["dvc"]["push_error"])
-    cohort.meta["lineage"]["dvc_md5"] = md5  # in memory only: the md5 cannot be inside the data it hashes
+    # in memory only: the md5 cannot be inside the data it hashes (training reads meta["dvc_md5"])
+    cohort.meta["lineage"]["dvc_md5"] = cohort.meta["dvc_md5"] = md5
     return IngestResult(
         cohort=cohort, out_dir=out_dir, report_json=rjson, report_html=rhtml, quarantined=records,
         quarantine_dir=qpath, warnings=warnings_, mapping_rate=mapping.mapping_rate, dvc_md5=md5, run_id=run_id,
