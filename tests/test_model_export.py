@@ -82,7 +82,7 @@ def test_onnx_parity_random_and_real_golub(tmp_path, golub):
         c = rng.normal(size=(len(x), 2)).astype(np.float32)
         got = _run(path, x, c)
         with torch.no_grad():
-            out = net(torch.from_numpy(x), torch.from_numpy(c))
+            out = net(torch.from_numpy(x), torch.from_numpy(c), return_attention=True)
         np.testing.assert_allclose(got["probabilities"], torch.softmax(out.logits, -1).numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["latent"], out.latent.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["pathway_attention"], net.pathway_attention(out).numpy(), atol=1e-4, rtol=0)

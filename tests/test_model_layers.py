@@ -105,7 +105,12 @@ def test_attention_weights_shape_and_normalization(norm_first):
     cfg = PathwayNetConfig(n_genes=40, n_pathways=6, n_covariates=2, n_outputs=3, n_heads=2, d_model=16,
                            transformer_layers=3, norm_first=norm_first)
     net = PathwayNet(cfg, M).eval()
-    out = net(torch.randn(4, 40), torch.randn(4, 2))
+    x, c = torch.randn(4, 40), torch.randn(4, 2)
+    out = net(x, c, return_attention=True)
+    # The fused kernel (default) and the explicit softmax compute the same network.
+    fast = net(x, c)
+    assert fast.attention is None
+    torch.testing.assert_close(fast.logits, out.logits)
     assert len(out.attention) == 3
     for w in out.attention:
         assert w.shape == (4, 2, 7, 7)

@@ -117,7 +117,7 @@ def test_variants_forward_loss_backward(variant):
     net = PathwayNet(cfg, M)
     x = torch.randn(6, 60)
     cov = torch.randn(6, cfg.n_covariates) if cfg.n_covariates else None
-    out = net(x, cov)
+    out = net(x, cov, return_attention=True)
     assert out.logits.shape == (6, cfg.n_outputs)
     assert (out.reconstruction is None) == (not cfg.use_autoencoder)
     assert (out.attention is None) == (not cfg.use_transformer)

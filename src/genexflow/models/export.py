@@ -52,7 +52,7 @@ class ServingModule(nn.Module):
         return names
 
     def forward(self, expression: Tensor, covariates: Tensor) -> tuple[Tensor, ...]:
-        out = self.net(expression, covariates if self.has_covariates else None)
+        out = self.net(expression, covariates if self.has_covariates else None, self.include_attention)
         first = torch.softmax(out.logits, dim=-1) if self.classification else out.logits
         if not self.has_covariates:
             # Keep the (B, 0) covariates input in the graph so every model has the same signature.

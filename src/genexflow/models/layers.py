@@ -189,16 +189,21 @@ class PathwayPooling(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    r"""Multi-head self-attention that returns its weights (written out so it exports to ONNX).
+    r"""Multi-head self-attention whose weights can be returned (and that still exports to ONNX).
 
     .. math::
 
         \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{d_h}}\Big) V, \quad Q, K, V = X W_Q, X W_K, X W_V
 
+    Without ``need_weights`` the fused ``scaled_dot_product_attention`` kernel runs (about half the CPU time
+    of the explicit form, and no (B, h, T, T) tensor is kept for backward); with ``need_weights`` the
+    product is written out so the softmax weights can be returned. Both compute the same function.
+
     Shapes
     ------
     - input ``X``: (B, T, d_model)
-    - output: (B, T, d_model) and attention weights (B, n_heads, T, T), rows summing to 1
+    - output: (B, T, d_model) and, with ``need_weights``, attention weights (B, n_heads, T, T) whose rows
+      sum to 1 (else ``None``)
     """
 
     def __init__(self, d_model: int, n_heads: int):
@@ -208,25 +213,29 @@ class MultiHeadSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, X: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         B, T, D = X.shape
         q, k, v = self.qkv(X).reshape(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4).unbind(0)
-        # Scale q (B, h, T, d_h) rather than the (B, h, T, T) scores: one T x T temporary fewer.
-        attn = torch.softmax((q * (1.0 / math.sqrt(self.d_head))) @ k.transpose(-1, -2), dim=-1)
+        attn = None
         # No dropout on the weights: a Bernoulli mask over (B, heads, T, T) costs more than the whole
         # encoder on CPU for hundreds of pathway tokens; the residual branches carry the dropout.
-        y = (attn @ v).transpose(1, 2).reshape(B, T, D)
-        return self.out(y), attn
+        if need_weights:
+            # Scale q (B, h, T, d_h) rather than the (B, h, T, T) scores: one T x T temporary fewer.
+            attn = torch.softmax((q * (1.0 / math.sqrt(self.d_head))) @ k.transpose(-1, -2), dim=-1)
+            y = attn @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), attn
 
 
 class TransformerEncoderLayer(nn.Module):
     """``nn.TransformerEncoderLayer``-style block (self-attention + GELU feed-forward, residuals and
-    LayerNorm, post-norm by default) that also returns the attention weights.
+    LayerNorm, post-norm by default) that can also return the attention weights.
 
     Shapes
     ------
     - input: (B, T, d_model)
-    - output: (B, T, d_model) and attention (B, n_heads, T, T)
+    - output: (B, T, d_model) and attention (B, n_heads, T, T) when ``need_weights`` (else ``None``)
     """
 
     def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float = 0.1, norm_first: bool = False):
@@ -239,13 +248,13 @@ class TransformerEncoderLayer(nn.Module):
         self.drop2 = nn.Dropout(dropout)
         self.norm_first = norm_first
 
-    def forward(self, X: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, X: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         if self.norm_first:
-            a, w = self.attn(self.norm1(X))
+            a, w = self.attn(self.norm1(X), need_weights)
             X = X + self.drop1(a)
             X = X + self.drop2(self.ff(self.norm2(X)))
         else:
-            a, w = self.attn(X)
+            a, w = self.attn(X, need_weights)
             X = self.norm1(X + self.drop1(a))
             X = self.norm2(X + self.drop2(self.ff(X)))
         return X, w

@@ -49,8 +49,9 @@ class PathwayNetOutput(NamedTuple):
     logvar : Tensor of shape (B, L) or None
         VAE log-variance.
     attention : tuple of n_layers Tensors of shape (B, n_heads, P + 1, P + 1), or None
-        Self-attention weights per encoder layer (a tuple, not a stacked copy: at 300 pathways each layer
-        is ~12 M floats); token 0 is the class token, token k + 1 pathway k. Rows sum to 1.
+        Self-attention weights per encoder layer, only with ``forward(..., return_attention=True)`` (a
+        tuple, not a stacked copy: at 300 pathways each layer is ~12 M floats); token 0 is the class token,
+        token k + 1 pathway k. Rows sum to 1.
     """
 
     logits: Tensor
@@ -187,13 +188,17 @@ class PathwayNet(nn.Module):
         return net
 
     # ------------------------------------------------------------------ forward
-    def forward(self, expression: Tensor, covariates: Tensor | None = None) -> PathwayNetOutput:
+    def forward(self, expression: Tensor, covariates: Tensor | None = None,
+                return_attention: bool = False) -> PathwayNetOutput:
         """Run all enabled branches.
 
         Parameters
         ----------
         expression : Tensor of shape (B, G)
         covariates : Tensor of shape (B, C), optional when C = 0
+        return_attention : bool
+            Also return the attention weights (explicit softmax instead of the fused kernel; same outputs,
+            about 2x the encoder's CPU time). Training leaves it off.
         """
         c = self.config
         parts: list[Tensor] = []
@@ -216,9 +221,9 @@ class PathwayNet(nn.Module):
             Z = torch.cat([cls, tokens], dim=1)  # (B, P+1, d)
             weights = []
             for layer in self.encoder:
-                Z, w = layer(Z)
+                Z, w = layer(Z, return_attention)
                 weights.append(w)
-            attention = tuple(weights)
+            attention = tuple(weights) if return_attention else None
             parts.append(self.final_norm(Z[:, 0]))
         if c.use_autoencoder:
             h = self.encoder_ae(expression)
@@ -276,7 +281,8 @@ class PathwayNet(nn.Module):
         """Class-token attention over pathways, last layer, mean over heads: (B, P); rows sum to <= 1
         (the remainder is the class token attending to itself)."""
         if output.attention is None:
-            raise InputError("the transformer branch is disabled; no attention weights")
+            raise InputError("no attention weights: call forward(..., return_attention=True) with the "
+                             "transformer branch enabled")
         return output.attention[-1][:, :, 0, 1:].mean(1)
 
 
