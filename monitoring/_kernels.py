@@ -34,8 +34,11 @@ def log_chunk(X: np.ndarray, columns: np.ndarray, value_type: ValueType, lib: np
               offset: np.ndarray | None = None) -> np.ndarray:
     """Log-scale values of ``X[:, columns]`` transposed to (len(columns), n_samples) float32, C order.
 
-    counts -> log2(CPM + 1) with ``lib`` as library sizes; TPM/FPKM -> log2(x + 1); log-expression as is;
-    then ``offset`` (one per sample, see :func:`sample_offsets`) is subtracted. NaN stays NaN.
+    counts -> log2(CPM + 1) with ``lib`` as library sizes; TPM/FPKM -> log2(x + 1); log-expression as is.
+    ``offset`` (log2 size factor per sample, see :func:`sample_offsets`) divides the scaled values *before*
+    the log (``log2(CPM / 2^offset + 1)``), so zero counts stay exactly zero: subtracting it after the log
+    would move the atoms of low-count genes and KS would see shifted atoms as drift. For log-expression it
+    is subtracted. NaN stays NaN.
     """
     cols = np.asarray(columns)
     if len(cols) and cols[-1] - cols[0] == len(cols) - 1 and np.all(np.diff(cols) == 1):
@@ -44,17 +47,18 @@ def log_chunk(X: np.ndarray, columns: np.ndarray, value_type: ValueType, lib: np
         block = X[:, cols]
     Y = np.empty((block.shape[1], block.shape[0]), np.float32)
     np.copyto(Y, block.T, casting="unsafe")
-    if value_type is ValueType.COUNTS:
+    if value_type in (ValueType.COUNTS, ValueType.TPM, ValueType.FPKM):
         np.maximum(Y, 0, out=Y)
-        scale = (1e6 / np.where(lib > 0, lib, 1.0)).astype(np.float32)
-        Y *= scale[None, :]
+        scale = np.ones(Y.shape[1])
+        if value_type is ValueType.COUNTS:
+            scale = 1e6 / np.where(lib > 0, lib, 1.0)
+        if offset is not None:
+            scale = scale * np.exp2(-offset.astype(np.float64))
+        if value_type is ValueType.COUNTS or offset is not None:
+            Y *= scale.astype(np.float32)[None, :]
         Y += 1
         np.log2(Y, out=Y)
-    elif value_type in (ValueType.TPM, ValueType.FPKM):
-        np.maximum(Y, 0, out=Y)
-        Y += 1
-        np.log2(Y, out=Y)
-    if offset is not None:
+    elif offset is not None:
         Y -= offset.astype(np.float32)[None, :]
     return Y
 

@@ -356,8 +356,7 @@ def _features_pass(
         s1 += Yz.sum(0)
         s2 += (Yz.astype(np.float64) ** 2).sum(0)
         cnt += ok.sum(0)
-        shift = offset[None, :] if offset is not None else 0.0  # "detected" = nonzero, whatever the offset
-        det += (ok & (Y + shift > detection_threshold)).sum(0)
+        det += (ok & (Y > detection_threshold)).sum(0)  # offsets keep zeros at zero
         if names:
             Z = np.where(ok, (Y - mean[sl, None]) / safe_sd[sl, None], 0.0).astype(np.float32)
             Mc = M[sl]
