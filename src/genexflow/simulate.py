@@ -65,6 +65,12 @@ def _kegg_sets() -> dict[str, list[str]]:
     return sets
 
 
+def _protein_coding_symbols() -> set[str]:
+    path = resources.files("genexflow.ingest").joinpath("data/gene_ids.parquet")
+    ids = pd.read_parquet(str(path), columns=["symbol", "protein_coding"])
+    return set(ids.loc[ids["protein_coding"], "symbol"].dropna().astype(str))
+
+
 def simulate_cohort(
     n_samples: int = 300,
     n_genes: int = 2000,
@@ -150,6 +156,10 @@ def simulate_cohort(
     pool = sorted({g for v in kegg.values() for g in v} - seen)
     rng.shuffle(pool)
     genes += pool[: n_genes - len(genes)]
+    if len(genes) < n_genes:  # beyond KEGG: other protein-coding HGNC symbols (own RNG: smaller cohorts unchanged)
+        extra = sorted(_protein_coding_symbols() - set(genes))
+        np.random.default_rng(seed + 7919).shuffle(extra)
+        genes += extra[: n_genes - len(genes)]
     genes += [f"SIMG{i:05d}" for i in range(n_genes - len(genes))]
     genes = [str(g) for g in np.array(genes)[rng.permutation(n_genes)]]
     gpos = {g: i for i, g in enumerate(genes)}
