@@ -252,7 +252,7 @@ def main() -> None:
     ap.add_argument("--artifact", type=Path, help="exported artifact folder to benchmark online instead")
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--score-genes", type=int, default=5000)
-    ap.add_argument("--chunk-size", type=int, default=2048)
+    ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--skip-online", action="store_true")
     ap.add_argument("--skip-batch", action="store_true")

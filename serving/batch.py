@@ -120,13 +120,16 @@ class CohortSource:
     def _parquet_chunks(self, genes: list[str], chunk_size: int, skip: set[int]) -> Iterator[Chunk]:
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(self.matrix)
+        # pre_buffer=False: decode one record batch at a time instead of prefetching whole row groups
+        pf = pq.ParquetFile(self.matrix, pre_buffer=False)
         names = pf.schema_arrow.names
         meta = pf.schema_arrow.pandas_metadata or {}
         label = meta["index_columns"][0] if meta.get("index_columns") and isinstance(
             meta["index_columns"][0], str) else names[0]
         wanted = set(genes)
         cols = [c for c in names if c in wanted and c != label]
+        # decode straight into model gene order (absent genes stay NaN): no alignment copy downstream
+        pos = pd.Index(genes).get_indexer(cols)
         if not cols:
             raise InputError(f"{self.matrix}: none of the model's {len(genes)} genes is a column (e.g. "
                              f"{', '.join(genes[:3])}); is the matrix samples-as-rows with matching gene IDs?")
@@ -136,12 +139,13 @@ class CohortSource:
             if i in skip:
                 continue
             ids = pd.Index(rb.column(0).to_pylist(), dtype=object).astype(str)
-            X = np.empty((rb.num_rows, len(cols)), np.float32)
+            X = np.full((rb.num_rows, len(genes)), np.nan, np.float32)
             for j in range(len(cols)):
                 col = rb.column(j + 1)
-                X[:, j] = col.to_numpy(zero_copy_only=False) if not col.null_count else \
+                X[:, pos[j]] = col.to_numpy(zero_copy_only=False) if not col.null_count else \
                     np.asarray(col.to_pandas(), np.float32)
-            frame = pd.DataFrame(X, index=ids, columns=cols, copy=False)
+            del rb
+            frame = pd.DataFrame(X, index=ids, columns=genes, copy=False)
             samples = None
             if sheet is not None:
                 if sheet_pos is None:
@@ -163,7 +167,6 @@ class CohortSource:
             present = np.flatnonzero(pos >= 0)
             if not len(present):
                 raise InputError(f"{self.matrix}: none of the model's genes is in var_names")
-            cols = [genes[k] for k in present]
             col_idx = pos[present]
             order = np.argsort(col_idx)  # h5py needs increasing indices
             sheet = self._sheet()
@@ -174,11 +177,11 @@ class CohortSource:
                 hi = min(lo + chunk_size, a.n_obs)
                 block = a.X[lo:hi]
                 block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-                X = np.empty((hi - lo, len(cols)), np.float32)
-                X[:, order] = block[:, col_idx[order]]
+                X = np.full((hi - lo, len(genes)), np.nan, np.float32)
+                X[:, present[order]] = block[:, col_idx[order]]
                 ids = pd.Index(a.obs_names[lo:hi].astype(str))
                 samples = obs.iloc[lo:hi] if obs is not None else sheet.loc[ids]
-                yield Chunk(i, pd.DataFrame(X, index=ids, columns=cols, copy=False), samples)
+                yield Chunk(i, pd.DataFrame(X, index=ids, columns=genes, copy=False), samples)
         finally:
             a.file.close()
 
@@ -189,7 +192,8 @@ class LocalRunner:
 
     def __init__(self, artifact: ServingArtifact, threads: int = 1, version_label: str | None = None) -> None:
         self.artifact = artifact
-        self.session = ort_session(artifact.onnx_path, threads)
+        # no memory arena: concurrent chunk runs would each grow it to their peak and never give it back
+        self.session = ort_session(artifact.onnx_path, threads, arena=False)
         self.inputs = [i.name for i in artifact.inputs]
         self.outputs = [o.name for o in artifact.outputs]
         self.version = version_label or f"sha256:{artifact.sha256[:12]}"
@@ -257,7 +261,7 @@ def _version_label(c: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- scoring
 def score_cohort(source: CohortSource | str | Path, output: str | Path, runner: LocalRunner | TritonRunner, *,
-                 chunk_size: int = 2048, concurrency: int = 4, max_missing_fraction: float = 0.2,
+                 chunk_size: int = 1024, concurrency: int = 4, max_missing_fraction: float = 0.2,
                  on_progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
                  stop_after_chunks: int | None = None) -> ScoreResult:
     """Score ``source`` into ``output`` (Parquet: sample_id, prediction, per-class probabilities,

@@ -38,7 +38,16 @@ def build_inputs(info: BundleInfo, frame: pd.DataFrame, samples: pd.DataFrame | 
     missing : list of str
         Training genes absent from ``frame``.
     """
-    X, missing = align_genes(frame, info.input_genes, max_missing_fraction)
+    if list(frame.columns) == info.input_genes and frame.dtypes.eq(np.float32).all():
+        # already in training order (the batch reader decodes straight into it): no copy; absent genes
+        # are NaN columns, counted as align_genes would
+        X = frame.to_numpy(np.float32, copy=False)
+        absent = np.isnan(X).all(axis=0) if len(X) else np.zeros(X.shape[1], bool)
+        missing = [g for g, a in zip(info.input_genes, absent, strict=True) if a]
+        if len(missing) > max_missing_fraction * len(info.input_genes):
+            align_genes(frame.loc[:, ~absent], info.input_genes, max_missing_fraction)  # raises its message
+    else:
+        X, missing = align_genes(frame, info.input_genes, max_missing_fraction)
     if np.isinf(X).any():
         rows = frame.index[np.isinf(X).any(axis=1)][:5].tolist()
         raise InputError(f"expression has infinite values (samples {rows}); fix or drop them")

@@ -321,11 +321,15 @@ def run_onnx(path: str | Path, feeds: dict[str, np.ndarray], threads: int = 1) -
     return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
-def ort_session(path: str | Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with a fixed thread count (predictable on shared machines)."""
+def ort_session(path: str | Path, threads: int = 1, arena: bool = True) -> Any:
+    """An onnxruntime CPU session with a fixed thread count (predictable on shared machines).
+
+    ``arena=False`` returns activation memory after each run (bounded RSS for long streaming jobs).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = arena
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3

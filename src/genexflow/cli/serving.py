@@ -123,7 +123,7 @@ def score(
     url: str | None = typer.Option(None, "--url", help="Triton URL (http:// or grpc://)."),
     protocol: str | None = typer.Option(None, "--protocol", help="http or grpc (default: from the URL)."),
     samples: Path | None = typer.Option(None, "--samples", help="Sample sheet (default: the cohort's samples.csv)."),
-    chunk_size: int = typer.Option(2048, "--chunk-size", help="Rows per chunk (memory ~ chunk-size x concurrency)."),
+    chunk_size: int = typer.Option(1024, "--chunk-size", help="Rows per chunk (memory ~ chunk-size x concurrency)."),
     concurrency: int = typer.Option(4, "--concurrency", help="Chunks in flight."),
     artifact: Path | None = typer.Option(None, help="--local: exported artifact folder (model.onnx + model.json)."),
     model: str = typer.Option("champion", "--model", help="--local without --artifact: registry alias/version."),
