@@ -126,3 +126,15 @@ def test_config_refuses_label_as_covariate_and_bad_values():
     assert cfg.with_(model={"n_heads": 2}).model == {"d_model": 16, "n_heads": 2}
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.flat_params()["model.d_model"] == 16
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_fast_metrics_equal_reference(k):
+    from genexflow.training.metrics import fast_classification_metrics
+
+    y, p = _proba(n=90, k=k, seed=k)
+    p[:5] = p[5]  # ties in the scores
+    ref = classification_metrics(y, p)
+    fast = fast_classification_metrics(y, p)
+    for key, v in fast.items():
+        assert v == pytest.approx(ref[key], abs=1e-12), key

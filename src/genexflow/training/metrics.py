@@ -105,6 +105,41 @@ def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([(pred[y_true == c] == c).mean() for c in classes]))
 
 
+def _auc_binary(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney rank statistic (ties get average ranks), as sklearn's roc_auc_score."""
+    from scipy.stats import rankdata
+
+    pos = y.astype(bool)
+    n1, n0 = pos.sum(), (~pos).sum()
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(score)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def fast_classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro-F1 and ROC-AUC (OvR macro) in plain numpy: the same values as
+    :func:`classification_metrics` at a fraction of the cost, for bootstrap resampling."""
+    y = np.asarray(y_true).astype(int)
+    proba = np.asarray(proba, dtype=np.float64)
+    k = proba.shape[1]
+    pred = proba.argmax(1)
+    classes = np.unique(y)
+    tp = np.array([np.sum((pred == c) & (y == c)) for c in classes], dtype=np.float64)
+    n_true = np.array([np.sum(y == c) for c in classes], dtype=np.float64)
+    n_pred = np.array([np.sum(pred == c) for c in classes], dtype=np.float64)
+    f1 = np.where(n_true + n_pred > 0, 2 * tp / np.maximum(n_true + n_pred, 1), 0.0)
+    out = {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(tp / n_true)),
+           "macro_f1": float(f1.mean())}
+    if len(classes) < 2:
+        out["roc_auc"] = float("nan")
+    elif k == 2:
+        out["roc_auc"] = _auc_binary(y == 1, proba[:, 1])
+    else:
+        out["roc_auc"] = float(np.mean([_auc_binary(y == c, proba[:, c]) for c in classes]))
+    return out
+
+
 def confusion(y_true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Confusion matrix (n_classes, n_classes): rows true class, columns predicted class."""
     return skm.confusion_matrix(np.asarray(y_true).astype(int), np.asarray(pred).astype(int),

@@ -23,7 +23,12 @@ import numpy as np
 from genexflow.cohort import Cohort
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
-from genexflow.training.metrics import bootstrap_ci, classification_metrics, confusion, regression_metrics
+from genexflow.training.metrics import (
+    bootstrap_ci,
+    confusion,
+    fast_classification_metrics,
+    regression_metrics,
+)
 from genexflow.training.model import TrainedModel
 from genexflow.training.tracking import NullTracker, RunTracker, markdown_table
 
@@ -213,7 +218,7 @@ def log_cv(tracker: Any, cvres: CVResult) -> dict[str, float]:
                 tracker.log_figure(plots.confusion_matrix_plot(cm, cvres.class_names, "confusion (out-of-fold)"),
                                    "plots/confusion_oof.png")
                 tracker.log_dict({"classes": cvres.class_names, "matrix": cm.tolist()}, "metrics/confusion_oof.json")
-                ci = bootstrap_ci(classification_metrics, y.astype(int), probas[DEEP], n_boot=200)
+                ci = bootstrap_ci(fast_classification_metrics, y.astype(int), probas[DEEP], n_boot=500)
                 tracker.log_dict(ci, "metrics/bootstrap_ci_oof.json")
                 tracker.log_metrics({f"oof_{k}_ci_low": v[0] for k, v in ci.items()}
                                     | {f"oof_{k}_ci_high": v[1] for k, v in ci.items()})

@@ -363,6 +363,9 @@ import warnings
         return mlflow.pytorch.log_model(
             wrapper, name=name, signature=sig, input_example=z,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "genexflow"],
+            # cloudpickle of the module (genexflow installed to load it): torch.export's pt2 costs seconds
+            # per run, and the portable serving artifact is the ONNX export anyway.
+            serialization_format="pickle",
         )
 
 
