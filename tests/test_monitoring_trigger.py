@@ -103,7 +103,8 @@ def test_cooldown_is_atomic_across_processes(tmp_path):
 @pytest.mark.slow
 def test_drift_starts_a_real_local_training_run(tmp_path):
     """Drift check -> decision -> trigger_retrain(mode="local") runs the training pipeline with kfp.local
-    (a tiny configuration: one epoch, two CV folds) and registers a new model version."""
+    (a tiny configuration: one epoch, two CV folds, one baseline) and registers a new model version.
+    About 5 minutes on a busy 2-core machine."""
     from genexflow.monitoring.check import drift_check, record_trigger
     from genexflow.monitoring.profile import build_reference_profile
     from genexflow.pipelines.workspace import Workspace, training_arguments
@@ -122,7 +123,7 @@ def test_drift_starts_a_real_local_training_run(tmp_path):
     assert res.drift and "batch" in res.decision.reason_kinds
     args = training_arguments(tmp_path / "new" / "expression.parquet", tmp_path / "new" / "samples.csv", "label", ws,
                               batch_column="batch", train_config={"epochs": 1, "patience": 1, "num_threads": 1})
-    args.update(cv_folds=2, explain_samples=0)
+    args.update(cv_folds=2, explain_samples=0, baselines=["logreg_l2"])
     store = CooldownStore(tmp_path / "cooldown.json")
     tr = trigger_retrain(res.decision, mode="local", training_arguments=args, cooldown=store, workspace=ws,
                          model_key="demo")
