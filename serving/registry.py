@@ -482,13 +482,15 @@ class Registry:
 
     # ------------------------------------------------------------------ deploy
     def deploy(self, name: str, ref: str | int, repository: str | Path, *, url: str | None = None,
-               model_name: str | None = None, artifact_dir: str | Path | None = None) -> Any:
+               model_name: str | None = None, artifact_dir: str | Path | None = None,
+               target: str = "local") -> Any:
         """Deploy a registered version into a Triton model repository (and load it when ``url`` is given).
 
         ``artifact_dir`` deploys a local copy instead of downloading, after checking its sha256 against the
-        registry's (a copy that differs is refused).
+        registry's (a copy that differs is refused). ``target="gpu"`` writes the production layout
+        (``onnxruntime_onnx`` platform, ``KIND_GPU``) for a GPU Triton.
         """
-        from genexflow.serving.repository import DEFAULT_MODEL_NAME, deploy
+        from genexflow.serving.repository import DEFAULT_MODEL_NAME, ModelRepository, deploy
 
         v = self.get(name, ref)
         meta = {"registered_model": name, "version": v.version, "alias": str(ref) if not str(ref).isdigit() else "",
@@ -499,5 +501,6 @@ class Registry:
                 self.verify(v, art)
             else:
                 art, _ = self.download(name, v.version, Path(tmp) / "artifact")
-            return deploy(art, repository, model_name or DEFAULT_MODEL_NAME, url, expected_sha256=v.sha256,
+            repo = ModelRepository(repository, target=target)
+            return deploy(art, repo, model_name or DEFAULT_MODEL_NAME, url, expected_sha256=v.sha256,
                           registry=meta)

@@ -126,6 +126,13 @@ def test_deploy_refuses_artifact_that_differs_from_registry(registry, artifacts,
     with pytest.raises(InputError, match="sha256"):
         registry.deploy(name, CHALLENGER, repo, artifact_dir=b.folder)
     assert ModelRepository(repo).versions() == [1]
+    # the production layout for a GPU Triton: onnxruntime_onnx platform, KIND_GPU, no python model
+    gpu = registry.deploy(name, CHALLENGER, tmp_path / "gpu", target="gpu")
+    from genexflow.serving.repository import parse_config
+
+    cfg = parse_config((gpu.path.parent / "config.pbtxt").read_text())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    assert not (gpu.path / "model.py").exists() and (gpu.path / "model.onnx").exists()
 
 
 def test_metrics_regression_and_unknown_labels():

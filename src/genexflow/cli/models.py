@@ -154,11 +154,13 @@ def models_deploy(
     url: str | None = typer.Option(None, help="Running Triton to load the new version into."),
     model_name: str = typer.Option("genexflow_classifier", help="Triton model name."),
     artifact: Path | None = typer.Option(None, help="Deploy this local copy (refused unless its sha256 matches)."),
+    target: str = typer.Option("local", help="local (python backend, KIND_CPU) or gpu (onnxruntime_onnx, "
+                               "KIND_GPU, for the NGC Triton image)."),
 ) -> None:
     """Add a registered version to a Triton model repository (sha256-checked) and optionally load it."""
     with step("deploy"):
         res = _registry(tracking_uri).deploy(name, version, repository, url=url, model_name=model_name,
-                                             artifact_dir=artifact)
+                                             artifact_dir=artifact, target=target)
     console.print(f"{model_name}: Triton version {res.triton_version} at {res.path}"
                   f"{' (loaded)' if res.loaded else ''}", markup=False)
 
