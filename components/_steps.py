@@ -222,3 +222,172 @@ def registered_bundle(model_name: str, ref: str, tracking_uri: str, dst: str | P
         raise InputError(f"{model_name} v{v.version} ({ref}) has no training bundle in run {v.run_id}: "
                          f"{' '.join(str(exc).split())[:160]}") from exc
     return Path(local)
+
+
+# ------------------------------------------------------------------------------------ training adapters
+def kfp_numbers(obj: Any) -> Any:
+    """Undo KFP's JSON round trip of dict/list parameters, where every number became a float: integral
+    floats become ints again (``{"epochs": 15.0}`` -> 15), recursively."""
+    if isinstance(obj, dict):
+        return {k: kfp_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [kfp_numbers(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    return obj
+
+
+def train_config(config: dict | None, label: str, batch_column: str = "", covariates: Any = (),
+                 preprocessing: dict | None = None, seed: int = 0) -> Any:
+    """A :class:`~genexflow.training.TrainConfig` from pipeline parameters (``config`` holds any other
+    TrainConfig field: epochs, lr, model, task ...)."""
+    from dataclasses import fields
+
+    from genexflow.training.config import TrainConfig
+
+    d = kfp_numbers(dict(config or {}))
+    floats = {f.name for f in fields(TrainConfig) if isinstance(f.default, float)}
+    d = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in d.items()}
+    d.update(label=label, batch_column=batch_column or None, covariates=list(covariates or []), seed=int(seed))
+    if preprocessing:
+        d["preprocessing"] = {**d.get("preprocessing", {}), **kfp_numbers(dict(preprocessing))}
+    return TrainConfig.from_dict(d)
+
+
+def holdout_split(cohort_dir: str | Path, cfg: Any, test_fraction: float) -> tuple[Any, Any]:
+    """Stratified (classification) hold-out split of the labelled rows: ``(train, test)`` cohorts.
+    Unlabelled rows are left out of both (training ignores them; they cannot be evaluated)."""
+    from genexflow.cohort import Cohort
+    from genexflow.training.cv import encode_labels
+    from genexflow.training.splits import train_val_split
+
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    cohort = Cohort.read(cohort_dir)
+    labels = encode_labels(cohort, cfg)
+    rows = np.flatnonzero(labels.labeled)
+    tr, te = train_val_split(labels.y[rows], test_fraction, cfg.seed, stratify=cfg.task == "classification")
+    if len(te) < 2 or len(tr) < 4:
+        raise InputError(f"{len(rows)} labelled samples are too few for a {test_fraction:.0%} hold-out split "
+                         "(need >= 4 training and >= 2 test samples)")
+    return cohort.subset(rows[tr]), cohort.subset(rows[te])
+
+
+class HeldoutEvaluation:
+    """Held-out metrics of the model and the baselines (see :func:`evaluate_heldout`)."""
+
+    def __init__(self, task: str, class_names: list[str], metrics: dict[str, float],
+                 baselines: dict[str, dict[str, float]], y_true: np.ndarray, output: np.ndarray,
+                 n_train: int, n_test: int):
+        self.task, self.class_names = task, class_names
+        self.metrics, self.baselines = metrics, baselines
+        self.y_true, self.output = y_true, output
+        self.n_train, self.n_test = n_train, n_test
+
+    @property
+    def primary_metric(self) -> str:
+        return "balanced_accuracy" if self.task == "classification" else "r2"
+
+    def flat(self) -> dict[str, float]:
+        out = dict(self.metrics)
+        for b, m in self.baselines.items():
+            out.update({f"{BASELINE_PREFIX}{b}.{k}": v for k, v in m.items()})
+        return out
+
+    def confusion(self) -> np.ndarray:
+        k = len(self.class_names)
+        pred = self.output.argmax(1)
+        return np.bincount(self.y_true.astype(int) * k + pred, minlength=k * k).reshape(k, k)
+
+    def log_kfp(self, metrics: Any, classification: Any) -> None:
+        """Scalars to a KFP ``Metrics``; confusion matrix (and ROC for two classes) to ``ClassificationMetrics``."""
+        log_metrics(metrics, {**self.flat(), "n_train": self.n_train, "n_test": self.n_test})
+        if self.task != "classification":
+            return
+        classification.log_confusion_matrix(list(self.class_names), self.confusion().tolist())
+        if len(self.class_names) == 2:
+            from sklearn.metrics import roc_curve
+
+            fpr, tpr, thr = roc_curve(self.y_true, self.output[:, 1])
+            thr = np.nan_to_num(thr, posinf=1.0)
+            classification.log_roc_curve(fpr.tolist(), tpr.tolist(), thr.tolist())
+
+    def write_html(self, path: str | Path) -> Path:
+        """A self-contained HTML report: model vs baselines on the held-out split, confusion matrix."""
+        import html
+
+        names = sorted(self.metrics)
+        rows = [("model (PathwayNet)", self.metrics)] + [(f"baseline {b}", m) for b, m in sorted(self.baselines.items())]
+        table = "".join(
+            f"<tr><td>{html.escape(n)}</td>" + "".join(
+                f"<td>{m[k]:.4f}</td>" if isinstance(m.get(k), float) and math.isfinite(m[k]) else "<td></td>"
+                for k in names) + "</tr>" for n, m in rows)
+        parts = [
+            "<html><head><meta charset='utf-8'><title>genexflow held-out evaluation</title>",
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
+            "</head><body><h1>Held-out evaluation</h1>",
+            f"<p>{self.task}; {self.n_train} training samples, {self.n_test} held-out samples. Baselines are fit on "
+            "the same training rows with the same fitted preprocessing.</p>",
+            "<table><tr><th>model</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in names) + "</tr>",
+            table, "</table>",
+        ]
+        if self.task == "classification":
+            cm = self.confusion()
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in self.class_names)
+            body = "".join(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v}</td>" for v in cm[i]) + "</tr>"
+                           for i, c in enumerate(self.class_names))
+            parts += ["<h2>Confusion matrix (rows: true, columns: predicted)</h2>",
+                      f"<table><tr><th></th>{head}</tr>{body}</table>"]
+        parts.append("</body></html>")
+        Path(path).write_text("\n".join(parts))
+        return Path(path)
+
+
+def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, train_dir: str | Path,
+                     test_dir: str | Path, *, baselines: list[str] | None = None, seed: int = 0,
+                     tracking_uri: str = "", run_id: str = "") -> HeldoutEvaluation:
+    """Metrics on the held-out split of the trained model (its bundle, raw cohort in) and of the baselines
+    (``genexflow.training.baselines``, fit on the training split's rows transformed by the fitted
+    preprocessing); logged as ``heldout_*`` metrics to the training run when ``run_id`` is given."""
+    import pickle  # nosec B403 - our own artifact from the preprocess step
+
+    from genexflow.cohort import Cohort
+    from genexflow.training.baselines import baseline_names, fit_predict_baseline
+    from genexflow.training.cv import encode_labels, transform
+    from genexflow.training.metrics import evaluate
+    from genexflow.training.model import TrainedModel
+
+    model = TrainedModel.load(bundle_dir)
+    info = model.info
+    tr, te = Cohort.read(train_dir), Cohort.read(test_dir)
+    cfg = train_config({"task": info.task}, info.label_column, info.batch_column or "",
+                       [c.name for c in info.covariates])
+    ytr = encode_labels(tr, cfg, class_names=info.class_names or None).y
+    yte = encode_labels(te, cfg, class_names=info.class_names or None).y
+    pred = model.predict(te)
+    out = pred[info.class_names].to_numpy() if info.task == "classification" else pred["prediction"].to_numpy()
+    metrics = evaluate(info.task, yte, out)
+    with open(preprocessor_path, "rb") as fh:
+        pre = pickle.load(fh)  # nosec B301
+    Xtr, Xte = transform(pre, tr), transform(pre, te)
+    kw: dict[str, Any] = {}
+    if model.priors is not None and getattr(model.priors, "gene_sets", None):
+        kw = {"gene_sets": dict(model.priors.gene_sets), "genes": [str(g) for g in pre.genes_out_]}
+    base: dict[str, dict[str, float]] = {}
+    for name in baseline_names(info.task, baselines or None):
+        if name.startswith("pathway") and not kw:
+            continue  # no gene sets to score pathways with
+        _, bout = fit_predict_baseline(name, info.task, Xtr, ytr, Xte, n_classes=len(info.class_names) or None,
+                                       seed=seed, **kw)
+        base[name] = evaluate(info.task, yte, bout)
+    ev = HeldoutEvaluation(info.task, list(info.class_names), metrics, base, yte, np.asarray(out), tr.n_samples,
+                           te.n_samples)
+    if run_id:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri or None)
+        for k, v in ev.flat().items():
+            if math.isfinite(v):
+                client.log_metric(run_id, "heldout_" + k.replace(BASELINE_PREFIX, "baseline_"), v)
+    return ev

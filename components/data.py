@@ -21,14 +21,16 @@ def ingest_validate(
     allowed_labels: list = [],  # noqa: B006
     quarantine_root: str = "",
     run_id: str = "",
+    ingest_config: dict = {},  # noqa: B006
 ) -> NamedTuple("IngestOutputs", [("n_samples", int), ("n_genes", int), ("n_quarantined", int)]):
     """Read, harmonize gene IDs and validate a raw cohort (Great Expectations); rejected samples, genes and
     files go to ``<quarantine_root>/<run_id>/`` with the reason. ``value_type="auto"`` guesses counts or
-    log-expression from the values."""
+    log-expression from the values; ``ingest_config`` overrides ``IngestConfig`` fields (probe_map,
+    keep_unmapped, min_samples, ...)."""
     import shutil
     from pathlib import Path
 
-    from genexflow.components._steps import infer_value_type, log_metrics
+    from genexflow.components._steps import infer_value_type, kfp_numbers, log_metrics
 
     from genexflow.ingest import IngestConfig, ingest
 
@@ -37,7 +39,7 @@ def ingest_validate(
                  label_column=label_column or None, allowed_labels=allowed_labels or None,
                  batch_column=batch_column or None, covariates=list(covariates), out_dir=cohort.path,
                  quarantine_root=quarantine_root or str(task_dir / "quarantine"), run_id=run_id or None,
-                 config=IngestConfig(report_dir=str(task_dir / "validation")))
+                 config=IngestConfig(**{"report_dir": str(task_dir / "validation"), **kfp_numbers(ingest_config)}))
     shutil.copyfile(res.report_html, report.path)
     quarantined = res.summary()["quarantined"]
     log_metrics(summary, {"n_samples": res.cohort.n_samples, "n_genes": res.cohort.n_genes,

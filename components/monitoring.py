@@ -43,10 +43,23 @@ def drift_check(
 
 @component
 def trigger_retrain(
-    kfp_host: str,
+    evidence: Input[Artifact],
     training_arguments: dict,
-    reason: str,
+    kfp_host: str = "",
     experiment_name: str = "genexflow",
-) -> str:
-    """Submit a training pipeline run to the KFP endpoint (cluster mode); returns the run id."""
-    raise NotImplementedError("wired when genexflow.monitoring.trigger lands")
+    model_key: str = "default",
+    cooldown_path: str = "/data/drift/cooldown.json",
+) -> NamedTuple("TriggerOutputs", [("triggered", bool), ("run_id", str), ("url", str), ("reason", str)]):
+    """Submit a training pipeline run to the KFP endpoint for the drift decision in ``evidence`` (at most
+    once per cooldown, tracked in ``cooldown_path`` on the data volume); an unreachable endpoint fails
+    the step."""
+    import json
+    from pathlib import Path
+
+    from genexflow.monitoring.policy import DriftDecision
+    from genexflow.monitoring.trigger import trigger_retrain as trigger
+
+    decision = DriftDecision.from_dict(json.loads((Path(evidence.path) / "decision.json").read_text()))
+    res = trigger(decision, mode="kfp", training_arguments=training_arguments, host=kfp_host or None,
+                  experiment=experiment_name, cooldown=cooldown_path, model_key=model_key)
+    return (res.triggered, res.run_id or "", res.url or "", res.reason)

@@ -1,4 +1,5 @@
-"""Training components: fit preprocessing on the training split, train (optionally with HPO), evaluate."""
+"""Training components: hold out a test split and fit preprocessing on the training rows, train (CV,
+baselines, optional HPO, final model, bundle; tracked in MLflow), evaluate on the held-out split."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
@@ -17,17 +18,32 @@ def preprocess_fit(
     batch_column: str = "",
     covariates: list = [],  # noqa: B006 - KFP parameters take literal defaults
     preprocessing: dict = {},  # noqa: B006
+    config: dict = {},  # noqa: B006
     test_fraction: float = 0.2,
     seed: int = 0,
-) -> NamedTuple("PreprocessOutputs", [("n_train", int), ("n_test", int), ("n_genes_kept", int)]):
-    """Hold out a stratified test split, fit the preprocessing pipeline on the training rows only."""
-    raise NotImplementedError("wired when genexflow.preprocessing.PreprocessingPipeline lands")
+) -> NamedTuple("PreprocessOutputs", [("n_train", int), ("n_test", int), ("n_genes_out", int)]):
+    """Hold out a stratified test split (never seen by training, HPO or preprocessing) and fit the
+    preprocessing pipeline on the training rows only (evaluate scores the baselines with it)."""
+    import pickle
+
+    from genexflow.components._steps import holdout_split, train_config
+
+    from genexflow.training.cv import fit_preprocessing
+
+    cfg = train_config(config, label_column, batch_column, covariates, preprocessing, seed)
+    tr, te = holdout_split(cohort.path, cfg, test_fraction)
+    pre = fit_preprocessing(tr, cfg)
+    with open(preprocessor.path, "wb") as fh:
+        pickle.dump(pre, fh)
+    tr.write(train.path)
+    te.write(test.path)
+    preprocessor.metadata.update({"pipeline": repr(pre)[:500], "n_genes_out": len(pre.genes_out_)})
+    return (tr.n_samples, te.n_samples, len(pre.genes_out_))
 
 
 @component
 def train(
     train: Input[Dataset],
-    preprocessor: Input[Model],
     label_column: str,
     pipeline_job: str,
     bundle: Output[Model],
@@ -36,19 +52,37 @@ def train(
     covariates: list = [],  # noqa: B006
     config: dict = {},  # noqa: B006
     preprocessing: dict = {},  # noqa: B006
+    cv_folds: int = 5,
+    baselines: list = [],  # noqa: B006
     hpo_trials: int = 0,
+    explain_samples: int = 100,
     seed: int = 0,
     mlflow_tracking_uri: str = "",
     experiment_name: str = "genexflow",
 ) -> NamedTuple("TrainOutputs", [("mlflow_run_id", str)]):
-    """Train the pathway network (after ``hpo_trials`` Optuna trials when > 0); log to MLflow; write the
-    model bundle."""
-    raise NotImplementedError("wired when genexflow.training lands")
+    """Cross-validate the deep model against the baselines, search hyper-parameters (``hpo_trials`` > 0),
+    fit the final model on the training split and write the bundle (+ drift reference); all in one MLflow
+    run tagged with this pipeline job."""
+    from genexflow.components._steps import log_metrics, train_config
+
+    from genexflow.cohort import Cohort
+    from genexflow.training.run import train_and_track
+
+    cohort = Cohort.read(train.path)
+    out = train_and_track(
+        cohort, train_config(config, label_column, batch_column, covariates, preprocessing, seed),
+        cohort_path=train.path, cv=cv_folds, baselines=list(baselines) or None, hpo_trials=hpo_trials,
+        out=bundle.path, tracking_uri=mlflow_tracking_uri or None, experiment=experiment_name,
+        explain_samples=explain_samples, tags={"genexflow.pipeline_job": pipeline_job})
+    log_metrics(metrics, out.metrics)
+    bundle.metadata.update({"mlflow_run_id": out.run_id or "", "task": out.model.info.task})
+    return (out.run_id or "",)
 
 
 @component
 def evaluate(
     bundle: Input[Model],
+    preprocessor: Input[Model],
     train: Input[Dataset],
     test: Input[Dataset],
     mlflow_run_id: str,
@@ -59,5 +93,12 @@ def evaluate(
     baselines: list = [],  # noqa: B006
     seed: int = 0,
 ) -> NamedTuple("EvalOutputs", [("primary_metric", str), ("score", float)]):
-    """Score the held-out split with the model and the baselines (fit on the same training rows)."""
-    raise NotImplementedError("wired when genexflow.training.evaluate lands")
+    """Score the held-out split with the trained model and with the baselines (fit on the same training
+    rows and the same fitted preprocessing); log both to the training's MLflow run."""
+    from genexflow.components._steps import evaluate_heldout
+
+    ev = evaluate_heldout(bundle.path, preprocessor.path, train.path, test.path, baselines=list(baselines),
+                          seed=seed, tracking_uri=mlflow_tracking_uri, run_id=mlflow_run_id)
+    ev.log_kfp(metrics, classification)
+    ev.write_html(report.path)
+    return (ev.primary_metric, float(ev.metrics.get(ev.primary_metric, float("nan"))))

@@ -37,10 +37,11 @@ def build(platform: Platform | None = None, parallelism: int = DEFAULT_PARALLELI
         value_type: str = "auto",
         n_shards: int = 8,
         quarantine_root: str = "/data/quarantine",
+        ingest_config: dict = {},  # noqa: B006
     ):
         ing = ingest_validate(expression_uri=expression_uri, samples_uri=samples_uri, label_column="",
                               value_type=value_type, quarantine_root=quarantine_root,
-                              run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                              run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, ingest_config=ingest_config)
         platform(ing, "data").set_display_name("ingest + validate").set_caching_options(False)
         sh = shard_cohort(cohort=ing.outputs["cohort"], n_shards=n_shards)
         platform(sh, "data").set_display_name("split into shards").set_caching_options(True)

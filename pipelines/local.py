@@ -238,6 +238,8 @@ def run_local(
         with warnings.catch_warnings():
             # one project image for all steps; kfp warns when its name lacks "python"
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            # display names and platform settings are for the cluster UI; kfp.local says so per task
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             with contextlib.redirect_stdout(target):
                 pipeline(**arguments)
     except BaseException as exc:  # kfp raises RuntimeError on a failed task; we re-raise below

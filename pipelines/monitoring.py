@@ -44,15 +44,26 @@ def build(platform: Platform | None = None) -> Any:
         experiment_name: str = "genexflow",
         mlflow_tracking_uri: str = "",
         quarantine_root: str = "/data/quarantine",
+        ingest_config: dict = {},  # noqa: B006
         train_config: dict = {},  # noqa: B006
+        preprocessing: dict = {},  # noqa: B006
         hpo_trials: int = 0,
+        cv_folds: int = 5,
+        explain_samples: int = 100,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+        gate_metric: str = "balanced_accuracy",
+        gate_margin: float = 0.0,
+        baseline_margin: float = 0.0,
         triton_repository: str = "/data/triton/models",
         triton_url: str = "",
         kfp_host: str = "",
+        cooldown_path: str = "/data/drift/cooldown.json",
     ):
         ing = ingest_validate(expression_uri=expression_uri, samples_uri=samples_uri, label_column="",
                               value_type=value_type, batch_column=batch_column, covariates=covariates,
-                              quarantine_root=quarantine_root, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+                              quarantine_root=quarantine_root, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                              ingest_config=ingest_config)
         platform(ing, "data").set_display_name("ingest + validate new cohort").set_caching_options(False)
         dc = drift_check(cohort=ing.outputs["cohort"], model_name=model_name, alias=alias,
                          mlflow_tracking_uri=mlflow_tracking_uri)
@@ -60,16 +71,21 @@ def build(platform: Platform | None = None) -> Any:
         with dsl.If(dc.outputs["drift"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
             args = dict(expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
                         value_type=value_type, batch_column=batch_column, covariates=covariates,
-                        quarantine_root=quarantine_root, model_name=model_name, serving_name=serving_name,
+                        quarantine_root=quarantine_root, ingest_config=ingest_config, model_name=model_name,
+                        serving_name=serving_name,
                         experiment_name=experiment_name,
                         mlflow_tracking_uri=mlflow_tracking_uri, train_config=train_config,
-                        hpo_trials=hpo_trials, triton_repository=triton_repository, triton_url=triton_url)
+                        preprocessing=preprocessing, hpo_trials=hpo_trials, cv_folds=cv_folds,
+                        explain_samples=explain_samples, test_fraction=test_fraction, seed=seed,
+                        gate_metric=gate_metric, gate_margin=gate_margin, baseline_margin=baseline_margin,
+                        triton_repository=triton_repository, triton_url=triton_url)
             if training_pipeline is not None:
                 rt = training_pipeline(**args)
                 rt.set_display_name("retrain (nested training pipeline)")
             else:
-                rt = trigger_retrain(kfp_host=kfp_host, training_arguments=args,
-                                     reason=dc.outputs["reason"], experiment_name=experiment_name)
+                rt = trigger_retrain(evidence=dc.outputs["evidence"], training_arguments=args, kfp_host=kfp_host,
+                                     experiment_name=experiment_name, model_key=model_name,
+                                     cooldown_path=cooldown_path)
                 platform(rt, "mlflow").set_display_name("trigger retraining run").set_caching_options(False)
 
     return monitoring_pipeline

@@ -43,6 +43,7 @@ def build(platform: Platform | None = None) -> Any:
         covariates: list = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
         allowed_labels: list = [],  # noqa: B006
         quarantine_root: str = "/data/quarantine",
+        ingest_config: dict = {},  # noqa: B006
         model_name: str = "genexflow-classifier",
         serving_name: str = "genexflow_classifier",
         experiment_name: str = "genexflow",
@@ -50,6 +51,8 @@ def build(platform: Platform | None = None) -> Any:
         train_config: dict = {},  # noqa: B006
         preprocessing: dict = {},  # noqa: B006
         hpo_trials: int = 0,
+        cv_folds: int = 5,
+        explain_samples: int = 100,
         test_fraction: float = 0.2,
         seed: int = 0,
         baselines: list = [],  # noqa: B006
@@ -67,23 +70,26 @@ def build(platform: Platform | None = None) -> Any:
             ing = ingest_validate(
                 expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
                 value_type=value_type, batch_column=batch_column, covariates=covariates,
-                allowed_labels=allowed_labels, quarantine_root=quarantine_root, run_id=job)
+                allowed_labels=allowed_labels, quarantine_root=quarantine_root, run_id=job,
+                ingest_config=ingest_config)
             _configure(platform(ing, "data"), "ingest + validate", cache=False)
 
             pre = preprocess_fit(
                 cohort=ing.outputs["cohort"], label_column=label_column, batch_column=batch_column,
-                covariates=covariates, preprocessing=preprocessing, test_fraction=test_fraction, seed=seed)
+                covariates=covariates, preprocessing=preprocessing, config=train_config, test_fraction=test_fraction,
+                seed=seed)
             _configure(platform(pre, "data"), "preprocess (fit on train)", cache=True)
 
             tr = train(
-                train=pre.outputs["train"], preprocessor=pre.outputs["preprocessor"], label_column=label_column,
-                batch_column=batch_column, covariates=covariates, pipeline_job=job, config=train_config,
-                preprocessing=preprocessing, hpo_trials=hpo_trials, seed=seed,
-                mlflow_tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name)
+                train=pre.outputs["train"], label_column=label_column, batch_column=batch_column,
+                covariates=covariates, pipeline_job=job, config=train_config, preprocessing=preprocessing,
+                cv_folds=cv_folds, baselines=baselines, hpo_trials=hpo_trials, explain_samples=explain_samples,
+                seed=seed, mlflow_tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name)
             _configure(platform(tr, "mlflow", "gpu"), "train", cache=False)
 
             ev = evaluate(
-                bundle=tr.outputs["bundle"], train=pre.outputs["train"], test=pre.outputs["test"],
+                bundle=tr.outputs["bundle"], preprocessor=pre.outputs["preprocessor"], train=pre.outputs["train"],
+                test=pre.outputs["test"],
                 mlflow_run_id=tr.outputs["mlflow_run_id"], mlflow_tracking_uri=mlflow_tracking_uri,
                 baselines=baselines, seed=seed)
             _configure(platform(ev, "mlflow"), "evaluate vs baselines", cache=False)

@@ -28,6 +28,7 @@ from genexflow.pipelines.local import LocalRun, TaskEvent, run_local
 from genexflow.errors import InputError
 
 DEFAULT_WORKSPACE = ".genexflow"
+DRIFT_EXPERIMENT = "genexflow-drift"  # genexflow.monitoring.check.DEFAULT_EXPERIMENT
 
 
 @dataclass
@@ -41,7 +42,10 @@ class Workspace:
 
     @classmethod
     def default(cls) -> Workspace:
-        return cls(Path(os.environ.get("GENEXFLOW_WORKSPACE", DEFAULT_WORKSPACE)))
+        """``$GENEXFLOW_WORKSPACE``, else ``$GENEXFLOW_HOME``, else ``./.genexflow`` (where training and the
+        local Triton launcher keep their state too)."""
+        return cls(Path(os.environ.get("GENEXFLOW_WORKSPACE") or os.environ.get("GENEXFLOW_HOME")
+                        or DEFAULT_WORKSPACE))
 
     @property
     def tracking_uri(self) -> str:
@@ -74,16 +78,12 @@ class Workspace:
         return self
 
     def ensure_experiment(self, name: str) -> str:
-        """Create the MLflow experiment with its artifacts inside the workspace (MLflow's default would be
-        ``./mlruns`` under whatever the current directory is); returns its id."""
-        from mlflow.tracking import MlflowClient
+        """Create the MLflow experiment with its artifacts inside the workspace (``mlartifacts/`` next to
+        ``mlflow.db``, as training does); returns its id."""
+        from genexflow.training.tracking import ensure_experiment
 
         self.create()
-        client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+        return ensure_experiment(name, self.tracking_uri)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -126,16 +126,20 @@ def training_arguments(
     batch_column: str | None = None,
     covariates: list[str] | None = None,
     allowed_labels: list[str] | None = None,
-    model_name: str = "genexflow",
+    model_name: str = "genexflow-classifier",
     experiment: str = "genexflow",
+    ingest_config: dict[str, Any] | None = None,
     train_config: dict[str, Any] | None = None,
     preprocessing: dict[str, Any] | None = None,
     hpo_trials: int = 0,
+    cv_folds: int = 5,
+    explain_samples: int = 100,
     test_fraction: float = 0.2,
     seed: int = 0,
     baselines: list[str] | None = None,
-    gate_metric: str = "",
-    min_improvement: float = 0.0,
+    gate_metric: str = "balanced_accuracy",
+    gate_margin: float = 0.0,
+    baseline_margin: float = 0.0,
     triton_url: str = "",
 ) -> dict[str, Any]:
     """Pipeline parameters for a local training run (checks that the input files exist)."""
@@ -146,10 +150,13 @@ def training_arguments(
         expression_uri=str(Path(expression).resolve()), samples_uri=str(Path(samples).resolve()),
         label_column=label, value_type=value_type, batch_column=batch_column or "",
         covariates=list(covariates or []), allowed_labels=list(allowed_labels or []),
-        quarantine_root=str(workspace.quarantine_root), model_name=model_name, experiment_name=experiment,
+        quarantine_root=str(workspace.quarantine_root), ingest_config=dict(ingest_config or {}),
+        model_name=model_name, experiment_name=experiment,
         mlflow_tracking_uri=workspace.tracking_uri, train_config=dict(train_config or {}),
-        preprocessing=dict(preprocessing or {}), hpo_trials=hpo_trials, test_fraction=test_fraction,
-        seed=seed, baselines=list(baselines or []), gate_metric=gate_metric, min_improvement=min_improvement,
+        preprocessing=dict(preprocessing or {}), hpo_trials=hpo_trials, cv_folds=cv_folds,
+        explain_samples=explain_samples, test_fraction=test_fraction,
+        seed=seed, baselines=list(baselines or []), gate_metric=gate_metric, gate_margin=gate_margin,
+        baseline_margin=baseline_margin,
         triton_repository=str(workspace.triton_repository), triton_url=triton_url,
     )
 
@@ -161,7 +168,7 @@ def run_training(arguments: dict[str, Any], workspace: Workspace, *, enable_cach
 
     workspace.ensure_experiment(arguments.get("experiment_name", "genexflow"))
     run = _run_with_env(training_pipeline, arguments, workspace, enable_caching, on_event)
-    return read_training_result(run, workspace, arguments.get("model_name", "genexflow"))
+    return read_training_result(run, workspace, arguments.get("model_name", "genexflow-classifier"))
 
 
 def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -> TrainingResult:
@@ -241,8 +248,8 @@ def _run_with_env(pipeline: Any, arguments: dict[str, Any], workspace: Workspace
 
 # ---------------------------------------------------------------------------------- batch, monitoring
 def run_batch_inference(expression: str | Path, samples: str | Path, triton_url: str, workspace: Workspace, *,
-                        model_name: str = "genexflow", n_shards: int = 4, value_type: str = "auto",
-                        parallelism: int | None = None,
+                        serving_name: str = "genexflow_classifier", n_shards: int = 4, value_type: str = "auto",
+                        parallelism: int | None = None, ingest_config: dict[str, Any] | None = None,
                         on_event: Callable[[TaskEvent], None] | None = None) -> tuple[LocalRun, Path]:
     """Score a cohort through a running Triton with the batch-inference pipeline; returns the run and the
     merged predictions file."""
@@ -252,8 +259,8 @@ def run_batch_inference(expression: str | Path, samples: str | Path, triton_url:
     pipeline = (batch_inference.batch_inference_pipeline if parallelism is None
                 else batch_inference.build(parallelism=parallelism))
     args = dict(expression_uri=str(Path(expression).resolve()), samples_uri=str(Path(samples).resolve()),
-                triton_url=triton_url, model_name=model_name, value_type=value_type, n_shards=n_shards,
-                quarantine_root=str(workspace.quarantine_root))
+                triton_url=triton_url, serving_name=serving_name, value_type=value_type, n_shards=n_shards,
+                quarantine_root=str(workspace.quarantine_root), ingest_config=dict(ingest_config or {}))
     run = _run_with_env(pipeline, args, workspace, False, on_event)
     merged = run.task("merge-predictions").artifact("predictions")
     return run, Path(merged) / PREDICTIONS
@@ -275,10 +282,11 @@ def run_monitoring(arguments: dict[str, Any], workspace: Workspace, *,
     from genexflow.pipelines.monitoring import monitoring_pipeline
 
     workspace.ensure_experiment(arguments.get("experiment_name", "genexflow"))
+    workspace.ensure_experiment(DRIFT_EXPERIMENT)  # the drift check logs there; keep its artifacts local
     run = _run_with_env(monitoring_pipeline, arguments, workspace, False, on_event)
     dc = run.task("drift-check")
     drift = bool(dc.parameters.get("drift"))
-    retrain = read_training_result(run, workspace, arguments.get("model_name", "genexflow")) \
+    retrain = read_training_result(run, workspace, arguments.get("model_name", "genexflow-classifier")) \
         if run.ran("train") else None
     return MonitoringResult(run, drift, dc.parameters.get("score"), dc.parameters.get("reason"),
                             dc.artifact("report"), retrain)
@@ -290,8 +298,9 @@ def monitoring_arguments(expression: str | Path, samples: str | Path, label: str
     targs = training_arguments(expression, samples, label, workspace,
                                **{k: v for k, v in kw.items() if k not in ("alias",)})
     keep = ("expression_uri", "samples_uri", "label_column", "value_type", "batch_column", "covariates",
-            "model_name", "experiment_name", "mlflow_tracking_uri", "quarantine_root", "train_config",
-            "hpo_trials", "triton_repository", "triton_url")
+            "model_name", "experiment_name", "mlflow_tracking_uri", "quarantine_root", "ingest_config",
+            "train_config", "preprocessing", "hpo_trials", "cv_folds", "explain_samples", "test_fraction",
+            "seed", "gate_metric", "gate_margin", "baseline_margin", "triton_repository", "triton_url")
     args = {k: targs[k] for k in keep}
     args["alias"] = kw.get("alias", "champion")
     return args
