@@ -81,17 +81,20 @@ def resolve_reference(reference_or_bundle: Any) -> tuple[ReferenceProfile, Path 
     return ReferenceProfile.load(path), None, str(path)
 
 
-def _as_cohort(new: Any, samples: Any = None) -> Cohort:
+def _as_cohort(new: Any, samples: Any = None, value_type: str | None = None) -> Cohort:
+    """A Cohort from a Cohort, a cohort folder / ``.h5ad``, or a matrix file (+ sample sheet) read with
+    ``value_type`` (the reference's: a bare matrix does not say what its numbers are)."""
     if isinstance(new, Cohort):
         return new
     from genexflow.io import read_cohort
 
     path = Path(new)
-    if samples is not None:
-        return read_cohort(path, samples)
     if not path.exists():
-        raise InputError(f"{path}: no such cohort (a folder with expression.parquet + samples.csv, or .h5ad)")
-    return Cohort.read(path)
+        raise InputError(f"{path}: no such cohort (a folder with expression.parquet + samples.csv, .h5ad, "
+                         "or a matrix file with its sample sheet)")
+    if path.is_dir() or path.suffix == ".h5ad":
+        return Cohort.read(path)
+    return read_cohort(path, samples, value_type=value_type or "log-expression")
 
 
 def compute_reports(
@@ -229,8 +232,8 @@ def drift_check(
 
     policy = policy or DriftPolicy()
     t0 = time.time()
-    cohort = _as_cohort(new_cohort, samples)
     profile, bundle, ref_desc = resolve_reference(reference_or_bundle)
+    cohort = _as_cohort(new_cohort, samples, profile.meta.get("value_type"))
     if outputs is None and bundle is not None:
         outputs = model_outputs_from_bundle(bundle, cohort)
     key = model_key or (bundle.name if bundle is not None else str(profile.meta.get("cohort_name", "default")))

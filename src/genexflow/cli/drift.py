@@ -172,6 +172,8 @@ def profile(
     cohort: Path = typer.Argument(..., help="Reference (training) cohort folder, .h5ad or matrix file."),
     out: Path = typer.Option(..., "--out", "-o", help="Reference-profile folder to write."),
     samples: Path | None = typer.Option(None, "--samples", "-s", help="Sample sheet for a bare matrix file."),
+    value_type: str = typer.Option("counts", "--value-type", help="Value type of a bare matrix file (counts, "
+                                   "tpm, fpkm, log-expression); cohort folders and .h5ad carry their own."),
     label: str | None = typer.Option(None, "--label", help="Label column."),
     batch_column: str | None = typer.Option(None, "--batch-column", help="Batch column (unseen-batch detection)."),
     covariates: str | None = typer.Option(None, "--covariates", help="Comma-separated covariate columns."),
@@ -182,7 +184,7 @@ def profile(
     from genexflow.monitoring.profile import build_reference_profile
 
     with step(f"profile {cohort}"):
-        c = _as_cohort(cohort, samples)
+        c = _as_cohort(cohort, samples, value_type)
         prof = build_reference_profile(c, label_column=label, batch_column=batch_column,
                                        covariates=_split(covariates),
                                        gene_sets=None if gene_sets == "none" else gene_sets)
