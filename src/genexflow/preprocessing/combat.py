@@ -39,6 +39,13 @@ _EPRIOR_BLOCK = 4_000_000  # elements of one (genes x genes) likelihood block: 3
 
 
 # --------------------------------------------------------------------------- sva helper.R
+def _chunks(G: int, n: int, budget: int = 1 << 18):
+    """Gene blocks ``(start, stop)`` of about ``budget`` matrix elements (2 MB of float64: cache-sized)."""
+    step = max(64, budget // max(n, 1))
+    for c0 in range(0, G, step):
+        yield c0, min(G, c0 + step)
+
+
 def aprior(delta_hat: np.ndarray) -> np.ndarray:
     """Inverse-gamma shape prior per batch (rows): ``(2 s2 + m^2) / s2`` with ``var`` over genes (n-1)."""
     m = delta_hat.mean(axis=-1)
@@ -299,8 +306,8 @@ class ComBat(TransformerMixin, BaseEstimator):
     def fit_transform(self, X: Any, y: Any = None, *, batch: Any = None, covariates: Any = None) -> np.ndarray:
         """Fit and correct the training samples (equal to ``sva::ComBat`` on the same input)."""
         with single_threaded_blas():
-            X, s, stand_mean, bidx = self._fit(X, batch, covariates)
-            return self._adjust(X, s, stand_mean, bidx)
+            X, cov_d, bidx = self._fit(X, batch, covariates)
+            return self._adjust(X, cov_d, bidx, self.gamma_star_, self.delta_star_)
 
     def _fit(self, X: Any, batch: Any, covariates: Any) -> np.ndarray:
         if self.unseen_batch not in ("error", "estimate"):
@@ -331,10 +338,12 @@ class ComBat(TransformerMixin, BaseEstimator):
         # genes that are constant within a batch (sva checks batches with > 1 sample)
         order = np.argsort(bidx, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        Xo = X[order]
-        spread = np.maximum.reduceat(Xo, starts, axis=0) != np.minimum.reduceat(Xo, starts, axis=0)
-        del Xo
-        const = ~spread[counts > 1].all(axis=0)
+        multi = counts > 1
+        const = np.zeros(G, dtype=bool)
+        for c0, c1 in _chunks(G, n):
+            Xo = X[order, c0:c1]
+            spread = np.maximum.reduceat(Xo, starts, axis=0) != np.minimum.reduceat(Xo, starts, axis=0)
+            const[c0:c1] = ~spread[multi].all(axis=0)
         if const.any() and self.constant_genes == "error":
             cols = np.flatnonzero(const)
             raise InputError(
@@ -354,37 +363,56 @@ class ComBat(TransformerMixin, BaseEstimator):
         check_confounding(design, len(levels), cov_names)
 
         keep = ~const
-        Xk = X[:, keep] if const.any() else X
+        kept = np.flatnonzero(keep)
+        Gk = len(kept)
         nb = len(levels)
-        B = np.linalg.solve(design.T @ design, design.T @ Xk)
-        if ref is not None:
-            grand_mean = B[ref]
-            rmask = bidx == ref
-            resid = Xk[rmask] - design[rmask] @ B
-            var_pooled = (resid**2).mean(axis=0)
-        else:
-            grand_mean = (counts / n) @ B[:nb]
-            var_pooled = ((Xk - design @ B) ** 2).mean(axis=0)
-        if (var_pooled <= 0).any():
-            cols = np.flatnonzero(keep)[var_pooled <= 0]
-            raise InputError(f"{len(cols)} genes have zero residual variance ({gene_list(names, cols)}); "
-                             "drop them before ComBat")
-        stand_mean = grand_mean + design[:, nb:] @ B[nb:]
-        s = (Xk - stand_mean) / np.sqrt(var_pooled)
-
+        p = design.shape[1]
+        # B.hat = solve(X'X, X'Y) = P Y; gamma.hat = Pb s (one factorization, applied per gene block)
+        P = np.linalg.solve(design.T @ design, design.T)
         bd = design[:, :nb]
-        gamma_hat = np.linalg.solve(bd.T @ bd, bd.T @ s)
-        # per-batch means and (two-pass) sums of squares of s through indicator products, no row copies
+        Pb = np.linalg.solve(bd.T @ bd, bd.T)
+        cov_d = design[:, nb:]
+        rmask = (bidx == ref) if ref is not None else None
         onehot = np.zeros((nb, n))
         onehot[bidx, np.arange(n)] = 1.0
-        bmean = (onehot @ s) / counts[:, None]
-        ss = onehot @ np.square(s - bmean[bidx])
+        B = np.empty((p, Gk))
+        var_pooled = np.empty(Gk)
+        gamma_hat = np.empty((nb, Gk))
+        bmean = np.empty((nb, Gk))
+        ss = np.empty((nb, Gk))
+        keep_s = not self.parametric  # non-parametric EB needs every gene of a batch at once
+        s_all = np.empty((n, Gk)) if keep_s else None
+        # gene blocks that fit in cache: every pass below reads a block that is already there
+        for c0, c1 in _chunks(Gk, n):
+            Xc = X[:, kept[c0:c1]]
+            Bc = P @ Xc
+            B[:, c0:c1] = Bc
+            resid = Xc - design @ Bc
+            if ref is not None:
+                var_pooled[c0:c1] = np.square(resid[rmask]).mean(axis=0)
+                gm = Bc[ref]
+            else:
+                var_pooled[c0:c1] = np.square(resid).mean(axis=0)
+                gm = (counts / n) @ Bc[:nb]
+            sc = Xc - (gm + cov_d @ Bc[nb:])
+            sc /= np.sqrt(var_pooled[c0:c1])
+            gamma_hat[:, c0:c1] = Pb @ sc
+            bm = (onehot @ sc) / counts[:, None]
+            bmean[:, c0:c1] = bm
+            ss[:, c0:c1] = onehot @ np.square(sc - bm[bidx])
+            if keep_s:
+                s_all[:, c0:c1] = sc
+        if (var_pooled <= 0).any():
+            cols = kept[var_pooled <= 0]
+            raise InputError(f"{len(cols)} genes have zero residual variance ({gene_list(names, cols)}); "
+                             "drop them before ComBat")
+        grand_mean = B[ref] if ref is not None else (counts / n) @ B[:nb]
         with np.errstate(invalid="ignore", divide="ignore"):
             delta_hat = np.ones_like(bmean) if self.mean_only else ss / (counts[:, None] - 1)
         gamma_star = np.empty_like(gamma_hat)
         delta_star = np.empty_like(delta_hat)
         for b in range(nb):
-            rows = s[bidx == b] if not self.parametric else None
+            rows = s_all[bidx == b] if keep_s else None
             gamma_star[b], delta_star[b] = eb_batch_estimates(
                 rows, gamma_hat[b], delta_hat[b], self.parametric, self.mean_only, self.conv,
                 moments=(int(counts[b]), bmean[b], ss[b]))
@@ -417,13 +445,7 @@ class ComBat(TransformerMixin, BaseEstimator):
             self.feature_names_in_ = names
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
-        if const.any():  # full-width standardized data for the adjustment of the training samples
-            s_full = np.zeros((n, G))
-            s_full[:, keep] = s
-            m_full = np.array(X, copy=True)
-            m_full[:, keep] = stand_mean
-            s, stand_mean = s_full, m_full
-        return X, s, stand_mean, bidx
+        return X, cov_d, bidx
 
     # ------------------------------------------------------------------ transform
     def covariate_design(self, covariates: Any, n: int) -> np.ndarray:
@@ -470,41 +492,48 @@ class ComBat(TransformerMixin, BaseEstimator):
         check_finite(X, "ComBat input", names)
         n = X.shape[0]
         bidx = self.batch_index(batch, n)
-        s, stand_mean = self.standardize(X, covariates)
-        gamma = np.empty((n, X.shape[1]))
-        delta = np.empty((n, X.shape[1]))
+        cov_d = self.covariate_design(covariates, n)
         seen = bidx >= 0
-        # sva: batch.design[i, ] %*% gamma.star; with a reference batch its column is 1 for every
-        # sample but its gamma.star is 0, so this is the sample's own batch row either way
-        gamma[seen] = self.gamma_star_[bidx[seen]]
-        delta[seen] = self.delta_star_[bidx[seen]]
-        if not seen.all():
-            labels = as_labels(batch, n, "batch")
-            unseen = np.unique(labels[~seen].astype(str))
-            if self.unseen_batch != "estimate":
-                raise InputError(
-                    f"batch {', '.join(unseen[:5])} was not seen in fit (known: "
-                    f"{', '.join(map(str, self.batches_))}); correct it with a model fitted on it, or use "
-                    "unseen_batch='estimate' to estimate its parameters from its own samples"
-                )
-            for label in unseen:
-                rows = np.flatnonzero(labels.astype(str) == label)
-                g_star, d_star = self._estimate_unseen(s[rows], label)
-                gamma[rows] = g_star
-                delta[rows] = d_star
-        return self._adjust(X, s, stand_mean, bidx, gamma, delta)
+        if seen.all():
+            return self._adjust(X, cov_d, bidx, self.gamma_star_, self.delta_star_)
+        labels = as_labels(batch, n, "batch")
+        unseen = np.unique(labels[~seen].astype(str))
+        if self.unseen_batch != "estimate":
+            raise InputError(
+                f"batch {', '.join(unseen[:5])} was not seen in fit (known: "
+                f"{', '.join(map(str, self.batches_))}); correct it with a model fitted on it, or use "
+                "unseen_batch='estimate' to estimate its parameters from its own samples"
+            )
+        # estimated parameters of each unseen batch become extra rows of the gamma/delta tables
+        s, _ = self.standardize(X, covariates)
+        gam, dlt = [self.gamma_star_], [self.delta_star_]
+        idx = bidx.copy()
+        for k, label in enumerate(unseen):
+            rows = np.flatnonzero(labels.astype(str) == label)
+            g_star, d_star = self._estimate_unseen(s[rows], label)
+            gam.append(g_star[None, :])
+            dlt.append(d_star[None, :])
+            idx[rows] = len(self.batches_) + k
+        return self._adjust(X, cov_d, idx, np.vstack(gam), np.vstack(dlt))
 
-    def _adjust(self, X: np.ndarray, s: np.ndarray, stand_mean: np.ndarray, bidx: np.ndarray,
-                gamma: np.ndarray | None = None, delta: np.ndarray | None = None) -> np.ndarray:
-        """sva's final step: ``(s - gamma*) / sqrt(delta*) * sqrt(var.pooled) + stand.mean``."""
-        if gamma is None:
-            gamma = self.gamma_star_[bidx]
-            delta = self.delta_star_[bidx]
-        s -= gamma
-        s /= np.sqrt(delta)
-        s *= np.sqrt(self.var_pooled_)
-        s += stand_mean
-        out = s
+    def _adjust(self, X: np.ndarray, cov_d: np.ndarray, bidx: np.ndarray, gamma: np.ndarray,
+                delta: np.ndarray) -> np.ndarray:
+        """sva's adjustment in gene blocks: ``(s - gamma*_b) / sqrt(delta*_b) * sqrt(var.pooled) + stand.mean``
+        with ``s = (x - stand.mean) / sqrt(var.pooled)``; rows of ``gamma``/``delta`` indexed by ``bidx``."""
+        n, G = X.shape
+        nb = len(self.batches_)
+        out = np.empty((n, G))
+        coef_cov = self.coef_[nb:]
+        for c0, c1 in _chunks(G, n):
+            Xc = X[:, c0:c1]
+            stand = self.grand_mean_[c0:c1] + cov_d @ coef_cov[:, c0:c1]
+            sd = np.sqrt(self.var_pooled_[c0:c1])
+            sc = (Xc - stand) / sd
+            sc -= gamma[:, c0:c1][bidx]
+            sc /= np.sqrt(delta[:, c0:c1][bidx])
+            sc *= sd
+            sc += stand
+            out[:, c0:c1] = sc
         ref = self.ref_index_
         if ref is not None:  # sva returns the reference batch unchanged (bit for bit)
             out[bidx == ref] = X[bidx == ref]
