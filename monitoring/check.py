@@ -133,6 +133,8 @@ def compute_reports(
     """
     policy = policy or DriftPolicy()
     outputs = outputs or ModelOutputs()
+    if new.n_samples == 0:
+        raise InputError(f"the new cohort {new.name!r} has no samples to check")
     reports: dict[str, DriftReport] = {}
     reports["gene"] = GeneDriftDetector(fdr=policy.gene_fdr, min_ks=policy.gene_min_ks).fit(reference).score(new)
     features = reference.compute_features(new, pathway_scores=outputs.pathway_scores, latent=outputs.latent,

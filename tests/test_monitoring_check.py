@@ -222,3 +222,25 @@ def test_trained_bundle_reference_gives_latent_predictions_and_performance(tmp_p
     feats = pd.read_parquet(res.files["features"])
     assert any(c.startswith("pred_prob_") for c in feats.columns)
     assert any(c.startswith("latent_") for c in feats.columns)
+
+
+def test_shipped_cohorts(tmp_path):
+    """Real data: bladderbatch arrays (batches 4 and 5 unseen) and GEUVADIS counts (halves; men only)."""
+    from genexflow import datasets
+
+    b = datasets.load_bladderbatch()
+    known = b.samples["batch"].isin(["1", "2", "3"]).to_numpy()
+    prof = build_reference_profile(b.subset(known), batch_column="batch", label_column="cancer")
+    res = drift_check(b.subset(~known), prof, out_dir=tmp_path / "b", mlflow_tracking_uri="none", evidently=False)
+    assert res.drift and res.reports["batch"].unseen_levels == ["4", "5"]
+
+    g = datasets.load_geuvadis_sex()
+    ref, new = scenarios.split(g, 0.5, seed=0)
+    prof = build_reference_profile(ref, covariates=("sex",), gene_sets=None)
+    same = drift_check(new, prof, out_dir=tmp_path / "g", mlflow_tracking_uri="none", evidently=False)
+    assert not same.drift, str(same.decision)
+    men = drift_check(g.subset((g.samples["sex"] == "Male").to_numpy()), prof, out_dir=tmp_path / "m",
+                      mlflow_tracking_uri="none", evidently=False)
+    assert men.drift and men.decision.reason_kinds == ["covariate"]
+    with pytest.raises(InputError, match="no samples"):
+        drift_check(g.subset(np.zeros(g.n_samples, bool)), prof, out_dir=tmp_path / "e", mlflow_tracking_uri="none")
