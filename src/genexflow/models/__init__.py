@@ -4,6 +4,7 @@ from genexflow.models.config import PathwayNetConfig
 from genexflow.models.export import export_onnx, export_torchscript, verify_onnx
 from genexflow.models.layers import (
     EdgePropagation,
+    FastDropout,
     GraphConv,
     MembershipPropagation,
     MultiHeadSelfAttention,
@@ -15,7 +16,7 @@ from genexflow.models.layers import (
 from genexflow.models.module import PathwayNet, PathwayNetLoss, PathwayNetOutput
 
 __all__ = [
-    "EdgePropagation", "GraphConv", "MembershipPropagation", "MultiHeadSelfAttention", "PathwayNet",
+    "EdgePropagation", "FastDropout", "GraphConv", "MembershipPropagation", "MultiHeadSelfAttention", "PathwayNet",
     "PathwayNetConfig", "PathwayNetLoss", "PathwayNetOutput", "PathwayPooling", "TransformerEncoderLayer",
     "dense_propagation", "export_onnx", "export_torchscript", "make_propagation", "verify_onnx",
 ]

@@ -35,7 +35,11 @@ class PathwayNetConfig:
     readout_dims : tuple of int
         Readout MLP of the GCN branch (default 512 -> 256).
     use_transformer, d_model, n_heads, transformer_layers, ff_dim, attn_dropout, norm_first
-        Pathway-token branch: token width, heads, encoder layers, feed-forward width, dropout, pre-norm.
+        Pathway-token branch: token width, heads, encoder layers, feed-forward width, dropout (residual and
+        feed-forward branches), pre-norm.
+    token_gene_dim : int
+        GCN channels per gene (a learned projection of the F features) pooled into each pathway token next
+        to the expression itself; 0 pools expression only.
     use_autoencoder, variational, ae_hidden, latent_dim, recon_weight, kl_weight
         Autoencoder branch: deterministic or variational, hidden width, latent size, loss weights.
     head_hidden, head_dropout
@@ -57,12 +61,13 @@ class PathwayNetConfig:
     readout_dims: tuple[int, ...] = (512, 256)
     # pathway-token transformer branch
     use_transformer: bool = True
-    d_model: int = 64
-    n_heads: int = 4
+    d_model: int = 32
+    n_heads: int = 2
     transformer_layers: int = 2
-    ff_dim: int = 128
+    ff_dim: int = 64
     attn_dropout: float = 0.1
     norm_first: bool = False
+    token_gene_dim: int = 2
     # autoencoder branch
     use_autoencoder: bool = True
     variational: bool = False

@@ -137,7 +137,7 @@ class GraphConv(nn.Module):
         super().__init__()
         self.lin = nn.Linear(dim, dim, bias=False)
         self.bias = nn.Parameter(torch.zeros(dim))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, H: Tensor, propagate: nn.Module) -> Tensor:
         G, B, Fd = H.shape
@@ -186,6 +186,30 @@ class PathwayPooling(nn.Module):
         norm = (membership.t() @ e).clamp_min(1e-12)  # (P, 1)
         pooled = membership.t() @ (H.reshape(G, -1) * e)  # (P, B·F)
         return (pooled / norm).reshape(-1, B, Fd)
+
+
+class FastDropout(nn.Module):
+    """Inverted dropout with a ``torch.rand`` mask: same distribution as ``nn.Dropout`` at about half the CPU
+    cost (``bernoulli_`` is the slow part of ``nn.Dropout`` on CPU). Identity in eval mode, so it exports
+    as nothing.
+
+    Shapes: any -> same.
+    """
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -241,11 +265,11 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float = 0.1, norm_first: bool = False):
         super().__init__()
         self.attn = MultiHeadSelfAttention(d_model, n_heads)
-        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, d_model))
+        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), FastDropout(dropout), nn.Linear(ff_dim, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop1 = FastDropout(dropout)
+        self.drop2 = FastDropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, X: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -4,8 +4,8 @@
 
     expression x (B, G) ──┬─ gene embedding (G,B,F) ─ GraphConv x L (shared Â) ─ per-gene readout (B,G)
                           │                                  │                      └ MLP 512 -> 256 ─┐
-                          │        [x, H_L] (G,B,F+1) ───────┘                                        │
-                          │          └ PathwayPooling (P,B,F+1) ─ Linear ─ + pathway embedding        │
+                          │     [x, H_L Wt] (G,B,1+t) ───────┘                                        │
+                          │          └ PathwayPooling (P,B,1+t) ─ Linear ─ + pathway embedding        │
                           │              └ [CLS; tokens] (B,P+1,d) ─ TransformerEncoder x 2 ─ CLS (B,d)┤
                           └─ encoder (B,ae_hidden) ─ latent z (B,L) ─ decoder ─ reconstruction (B,G)    │
                                                           └────────────────────────────────────────────┤
@@ -28,6 +28,7 @@ from genexflow.errors import InputError
 from genexflow.models.config import PathwayNetConfig
 from genexflow.models.layers import (
     EdgePropagation,
+    FastDropout,
     GraphConv,
     MembershipPropagation,
     PathwayPooling,
@@ -135,11 +136,16 @@ class PathwayNet(nn.Module):
             dims = (c.n_genes, *c.readout_dims)
             layers: list[nn.Module] = []
             for a, b in zip(dims[:-1], dims[1:], strict=True):
-                layers += [nn.Linear(a, b), nn.GELU(), nn.Dropout(c.gcn_dropout)]
+                layers += [nn.Linear(a, b), nn.GELU(), FastDropout(c.gcn_dropout)]
             self.readout = nn.Sequential(*layers)
         if c.use_transformer:
             self.pooling = PathwayPooling(c.n_genes)
-            self.token_proj = nn.Linear(Fd + 1, c.d_model)
+            # Pool x plus a narrow projection of the GCN features: the pooling product is the branch's
+            # largest cost at G = 20,000 and scales with the pooled width.
+            tg = c.token_gene_dim if c.use_gcn else 0
+            if tg:
+                self.token_gene = nn.Linear(Fd, tg, bias=False)
+            self.token_proj = nn.Linear(1 + tg, c.d_model)
             self.pathway_embed = nn.Parameter(torch.randn(c.n_pathways, 1, c.d_model) * 0.02)
             self.cls_token = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
             self.encoder = nn.ModuleList(
@@ -160,7 +166,7 @@ class PathwayNet(nn.Module):
             + (c.latent_dim if c.use_autoencoder else 0)
             + c.n_covariates
         )
-        self.head = nn.Sequential(nn.Linear(head_in, c.head_hidden), nn.GELU(), nn.Dropout(c.head_dropout),
+        self.head = nn.Sequential(nn.Linear(head_in, c.head_hidden), nn.GELU(), FastDropout(c.head_dropout),
                                   nn.Linear(c.head_hidden, c.n_outputs))
 
     # ------------------------------------------------------------------ construction helpers
@@ -212,9 +218,8 @@ class PathwayNet(nn.Module):
             gene_out = self.gene_readout(H).squeeze(-1).t()  # (B, G)
             parts.append(self.readout(gene_out))
         if c.use_transformer:
-            pooled = self.pooling(x_gm, self.membership)  # (P, B, 1): the pathway scores at init
-            if H is not None:  # pool the two parts separately: no (G, B, F+1) concatenation
-                pooled = torch.cat([pooled, self.pooling(H, self.membership)], dim=-1)  # (P, B, F+1)
+            feats = x_gm if H is None or not c.token_gene_dim else torch.cat([x_gm, self.token_gene(H)], -1)
+            pooled = self.pooling(feats, self.membership)  # (P, B, 1 + t); channel 0 = pathway score at init
             tokens = self.token_proj(pooled) + self.pathway_embed  # (P, B, d)
             tokens = tokens.transpose(0, 1)  # (B, P, d)
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)
