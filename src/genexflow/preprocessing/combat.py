@@ -18,6 +18,8 @@ any samples of the seen batches without refitting. See ``docs/preprocessing.md``
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +37,7 @@ from genexflow.preprocessing._utils import (
 )
 from genexflow.preprocessing.design import CovariateEncoder, batch_design, check_confounding
 
-_EPRIOR_BLOCK = 4_000_000  # elements of one (genes x genes) likelihood block: 32 MB in float64
+_EPRIOR_BLOCK = 2_000_000  # elements of one (genes x genes) likelihood block: 16 MB in float64
 
 
 # --------------------------------------------------------------------------- sva helper.R
@@ -143,59 +145,52 @@ def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
     -------
     gamma_star, delta_star : ndarray of shape (n_genes,)
     """
-    import torch
+    n, G = sdat.shape
+    s1 = sdat.sum(axis=0)
+    s2 = (sdat * sdat).sum(axis=0)
+    A = -0.5 * n * np.log(2 * math.pi * d_hat) - n * g_hat * g_hat / (2 * d_hat)
+    B = g_hat / d_hat
+    C = -1.0 / (2 * d_hat)
+    own = A + s1 * B + s2 * C  # log LH of each gene under its own estimates (close to the row max)
+    P = np.stack([np.ones(G), s1, s2, own], axis=1)  # (G, 4)
+    Q = np.stack([A, B, C, -np.ones(G)], axis=0)  # (4, G)
+    V = np.stack([np.ones(G), g_hat, d_hat], axis=1)  # (G, 3)
+    out = np.empty((G, 3))
+    rows = max(1, block // G)
 
-    threads = torch.get_num_threads()
-    if _busy():  # on an oversubscribed machine extra threads only add contention (3-4x slower)
-        torch.set_num_threads(1)
-    try:
-        return _int_eprior(torch, sdat, g_hat, d_hat, block)
-    finally:
-        torch.set_num_threads(threads)
+    def work(start: int) -> None:
+        stop = min(G, start + rows)
+        L = P[start:stop] @ Q  # (r, G) log LH shifted by the row's own value
+        idx = np.arange(start, stop)
+        L[idx - start, idx] = -np.inf  # leave gene g out (sva: g.hat[-i])
+        np.exp(L, out=L)
+        out[start:stop] = L @ V
+
+    starts = range(0, G, rows)
+    workers = 1 if _busy() else min(2, os.cpu_count() or 1)
+    with single_threaded_blas():
+        if workers == 1:
+            for st in starts:
+                work(st)
+        else:  # numpy releases the GIL in exp and matmul: blocks run in parallel without OpenMP barriers
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, starts))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bad = ~(out[:, 0] > 0) | ~np.isfinite(out).all(axis=1)
+    for i in np.flatnonzero(bad):  # all weights underflowed (or overflowed): exact shift by the row max
+        li = A + s1[i] * B + s2[i] * C
+        li[i] = -np.inf
+        out[i] = np.exp(li - li.max()) @ V
+    return out[:, 1] / out[:, 0], out[:, 2] / out[:, 0]
 
 
 def _busy() -> bool:
-    import os
-
+    """True when the machine is oversubscribed (load above the core count): extra threads then only
+    add contention."""
     try:
         return os.getloadavg()[0] > (os.cpu_count() or 1)
     except OSError:
         return False
-
-
-def _int_eprior(torch, sdat, g_hat, d_hat, block):
-    n, G = sdat.shape
-    x = torch.as_tensor(sdat, dtype=torch.float64)
-    g = torch.as_tensor(g_hat, dtype=torch.float64)
-    d = torch.as_tensor(d_hat, dtype=torch.float64)
-    s1 = x.sum(0)
-    s2 = (x * x).sum(0)
-    A = -0.5 * n * torch.log(2 * math.pi * d) - n * g * g / (2 * d)
-    B = g / d
-    C = -1.0 / (2 * d)
-    own = A + s1 * B + s2 * C  # log LH of each gene under its own estimates (close to the row max)
-    P = torch.stack([torch.ones_like(s1), s1, s2, own], dim=1)  # (G, 4)
-    Q = torch.stack([A, B, C, -torch.ones_like(A)], dim=0)  # (4, G)
-    V = torch.stack([torch.ones_like(g), g, d], dim=1)  # (G, 3)
-    out = torch.empty(G, 3, dtype=torch.float64)
-    rows = max(1, block // G)
-    for start in range(0, G, rows):
-        stop = min(G, start + rows)
-        L = P[start:stop] @ Q  # (r, G) log LH shifted by the row's own value
-        idx = torch.arange(start, stop)
-        L[idx - start, idx] = -torch.inf  # leave gene g out (sva: g.hat[-i])
-        torch.exp_(L)
-        out[start:stop] = L @ V
-    bad = ~(out[:, 0] > 0) | ~torch.isfinite(out).all(1)
-    if bad.any():  # all weights underflowed (or overflowed): exact shift by the row max
-        for i in torch.nonzero(bad).flatten().tolist():
-            li = A + s1[i] * B + s2[i] * C
-            li[i] = -torch.inf
-            w = torch.exp(li - li.max())
-            out[i] = w @ V
-    gamma_star = (out[:, 1] / out[:, 0]).numpy()
-    delta_star = (out[:, 2] / out[:, 0]).numpy()
-    return gamma_star, delta_star
 
 
 def eb_batch_estimates(
