@@ -183,3 +183,13 @@ def test_variance_filter_within_batch():
     X = np.array([[1.0, 2, 3], [1.0, 3, 3], [2.0, 4, 3], [3.0, 5, 4]])
     assert VarianceFilter().fit(X).get_support().tolist() == [True, True, True]
     assert VarianceFilter().fit(X, batch=[0, 0, 1, 1]).get_support().tolist() == [False, True, False]
+
+
+def test_shipped_hg19_lengths_and_tpm():
+    s = read_gene_lengths("hg19")
+    assert len(s) > 80000 and (s > 0).all()
+    assert s["TP53"] > 1000 and s["ENSG00000141510"] > 1000 and s["7157"] > 1000  # TP53 in three ID types
+    counts = pd.DataFrame([[10.0, 20.0], [5.0, 40.0]], columns=["TP53", "GAPDH"])
+    tpm = LengthNormalizer(s, "tpm").fit_transform(counts)
+    rate = counts.to_numpy() / s[["TP53", "GAPDH"]].to_numpy()
+    np.testing.assert_allclose(tpm, rate / rate.sum(1, keepdims=True) * 1e6)

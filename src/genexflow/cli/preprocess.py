@@ -66,8 +66,9 @@ def normalize(
     inp: Path = typer.Argument(..., help="Raw matrix (counts for cpm/logcpm/tmm-logcpm/tpm/fpkm)."),
     method: Method = typer.Option(Method.tmm_logcpm, "--method", "-m", help="Normalization."),
     prior_count: float = typer.Option(2.0, "--prior-count", help="edgeR prior count for log-CPM."),
-    gene_lengths: Path | None = typer.Option(None, "--gene-lengths",
-                                             help="Gene lengths file (gene_id + length / median_length) for tpm/fpkm."),
+    gene_lengths: str | None = typer.Option(None, "--gene-lengths",
+                                            help="Gene lengths for tpm/fpkm: 'hg19' (shipped) or a file "
+                                                 "(gene_id + length / median_length)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output matrix (.parquet or .csv)."),
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
@@ -80,8 +81,7 @@ def normalize(
     df = _read(inp, orientation)
     if method in (Method.tpm, Method.fpkm):
         if gene_lengths is None:
-            raise InputError("--method tpm/fpkm needs --gene-lengths FILE (e.g. shared/data/gene_lengths/"
-                             "hg19_geneSymbol_genes.parquet)")
+            raise InputError("--method tpm/fpkm needs --gene-lengths hg19 (shipped) or --gene-lengths FILE")
         est = LengthNormalizer(read_gene_lengths(gene_lengths), unit=method.value)
     elif method == Method.log2p1:
         est = Log2p1()

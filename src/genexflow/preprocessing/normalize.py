@@ -352,19 +352,28 @@ class LengthNormalizer(TransformerMixin, BaseEstimator):
         return X * 1e9 / (self.lengths_ * lib)
 
 
+SHIPPED_LENGTHS = {"hg19": "hg19_gene_lengths.csv.gz"}
+
+
 def read_gene_lengths(path: str | Path, column: str | None = None) -> pd.Series:
     """Gene lengths from a CSV/TSV/Parquet file: a gene column (``gene_id``/``gene``) and a length column.
 
-    The length column is ``column`` or the first of ``length``, ``median_length`` (the shared hg19
-    tables, goseq convention), ``mean_length``, ``effective_length``.
+    ``path="hg19"`` reads the shipped hg19 table (geneLenDataBase median transcript lengths for gene
+    symbols, Ensembl and Entrez IDs; see ``preprocessing/data/README.md``). The length column is
+    ``column`` or the first of ``length``, ``median_length`` (the shared hg19 tables, goseq
+    convention), ``mean_length``, ``effective_length``.
     """
+    if str(path) in SHIPPED_LENGTHS:
+        from importlib.resources import files
+
+        path = Path(str(files("genexflow.preprocessing") / "data" / SHIPPED_LENGTHS[str(path)]))
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: gene length file not found")
     if path.suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, sep="\t" if path.suffix in (".tsv", ".txt") else ",")
+        df = pd.read_csv(path, sep="\t" if path.name.endswith((".tsv", ".txt", ".tsv.gz", ".txt.gz")) else ",")
     gcol = next((c for c in df.columns if str(c).lower() in ("gene_id", "gene", "symbol", "id")), df.columns[0])
     candidates = [column] if column else ["length", "median_length", "mean_length", "effective_length"]
     lcol = next((c for c in candidates if c in df.columns), None)
