@@ -64,6 +64,10 @@ class MembershipPropagation(nn.Module):
     def forward(self, H: Tensor) -> Tensor:
         return torch.addcmul(self.basis @ (self.basis.t() @ H), self.self_weight, H)
 
+    def transpose(self, H: Tensor) -> Tensor:
+        """``Âᵀ H``; ``Â`` is symmetric here, so the same product."""
+        return self.forward(H)
+
 
 class EdgePropagation(nn.Module):
     r"""Exact ``Â H`` for an edge-list graph as gather + ``index_add`` (ONNX: Gather + ScatterND-add).
@@ -102,6 +106,11 @@ class EdgePropagation(nn.Module):
         messages = H.index_select(0, self.src) * self.edge_weight  # (E, N)
         return torch.zeros_like(H).index_add(0, self.dst, messages) + self.self_weight * H
 
+    def transpose(self, H: Tensor) -> Tensor:
+        """``Âᵀ H`` (messages run target -> source); equals ``Â H`` for the symmetric graphs built here."""
+        messages = H.index_select(0, self.dst) * self.edge_weight
+        return torch.zeros_like(H).index_add(0, self.src, messages) + self.self_weight * H
+
 
 def make_propagation(graph) -> nn.Module:
     """The propagation module for a :class:`~genexflow.priors.GeneGraph` (membership or edges)."""
@@ -121,6 +130,11 @@ class GraphConv(nn.Module):
     ``Â`` is applied by the ``propagate`` module passed to :meth:`forward`
     (:class:`MembershipPropagation` or :class:`EdgePropagation`), the same for every sample and layer.
 
+    In training with autograd on, the layer runs as one fused autograd function (``fused=True``) that keeps
+    only the pre-activation ``Z`` and a 1-byte dropout mask for backward (instead of ~8 (G, B, F)
+    temporaries): at G = 20,000 and batch 32 that is ~45 MB instead of ~180 MB per layer. Evaluation,
+    export and ``fused=False`` run the same formula as plain ops.
+
     Parameters
     ----------
     dim : int
@@ -138,13 +152,50 @@ class GraphConv(nn.Module):
         self.lin = nn.Linear(dim, dim, bias=False)
         self.bias = nn.Parameter(torch.zeros(dim))
         self.dropout = FastDropout(dropout)
+        self.fused = True
 
     def forward(self, H: Tensor, propagate: nn.Module) -> Tensor:
+        if self.fused and self.training and torch.is_grad_enabled():
+            return _FusedGraphConv.apply(H, self.lin.weight, self.bias, propagate, self.dropout.p)
         G, B, Fd = H.shape
         # Transform first (F x F on every gene), then propagate the (G, B·F) block in one product.
         Z = propagate(self.lin(H).reshape(G, -1)).reshape(G, -1, Fd)
         # In place: the propagation output is not needed by its backward, so this saves a (G, B, F) copy.
         return H + self.dropout(F.gelu(Z.add_(self.bias)))
+
+
+class _FusedGraphConv(torch.autograd.Function):
+    """``Y = H + mask ⊙ GELU(Â (H Θᵀ) + b) / (1 − p)`` with a hand-written backward:
+
+    ``dZ = GELU'(Z) ⊙ mask ⊙ dY / (1 − p)``, ``db = Σ dZ``, ``dU = Âᵀ dZ`` (U = H Θᵀ),
+    ``dΘ = dUᵀ H``, ``dH = dY + dU Θ``.
+    """
+
+    @staticmethod
+    def forward(ctx, H: Tensor, weight: Tensor, bias: Tensor, propagate: nn.Module, p: float) -> Tensor:
+        G, B, Fd = H.shape
+        Z = propagate(F.linear(H, weight).reshape(G, -1)).reshape(G, B, Fd).add_(bias)
+        act = F.gelu(Z)
+        if p > 0.0:
+            mask = torch.rand_like(Z) >= p
+            act.mul_(mask).mul_(1.0 / (1.0 - p))
+        else:
+            mask = None
+        ctx.propagate, ctx.p = propagate, p
+        ctx.save_for_backward(H, weight, Z, mask)
+        return act.add_(H)
+
+    @staticmethod
+    def backward(ctx, dY: Tensor):
+        H, weight, Z, mask = ctx.saved_tensors
+        G, B, Fd = H.shape
+        dA = dY if mask is None else dY * mask * (1.0 / (1.0 - ctx.p))
+        dZ = torch.ops.aten.gelu_backward(dA, Z)
+        db = dZ.sum(dim=(0, 1))
+        dU = ctx.propagate.transpose(dZ.reshape(G, -1)).reshape(-1, Fd)  # (G·B, F)
+        dW = dU.t() @ H.reshape(-1, Fd)
+        dH = torch.addmm(dY.reshape(-1, Fd), dU, weight).reshape(G, B, Fd)
+        return dH, dW, db, None, None
 
 
 class PathwayPooling(nn.Module):
