@@ -161,6 +161,22 @@ class TritonClient:
             self.close()
             return False
 
+    def is_live(self) -> bool:
+        try:
+            return bool(self.client.is_server_live())
+        except Exception:  # noqa: BLE001 - any failure means not live
+            self.close()
+            return False
+
+    def model_ready(self, version: int | None = None) -> bool:
+        """Is this model (version) ready? Unlike server readiness, unaffected by other models swapping
+        versions (a strict-readiness server reports not-ready while any model is UNLOADING)."""
+        try:
+            return bool(self.client.is_model_ready(self.model_name, str(version) if version else ""))
+        except Exception:  # noqa: BLE001
+            self.close()
+            return False
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         t_end = time.monotonic() + timeout_s
         while time.monotonic() < t_end:

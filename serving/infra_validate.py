@@ -173,9 +173,9 @@ def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, mod
                                load_s, checks)
         except InferenceError as exc:
             checks["malformed_rejected"] = str(exc)[:200]
-        if not http.is_ready():
-            return InfraResult(False, "server not ready after a malformed request", worst, n_req, n_rows, load_s,
-                               checks)
+        if not (http.is_live() and http.model_ready(version)):
+            return InfraResult(False, "server or model not ready after a malformed request", worst, n_req,
+                               n_rows, load_s, checks)
     except (InferenceError, ServerUnavailable) as exc:
         return InfraResult(False, f"canary request failed: {exc}", worst, n_req, n_rows, load_s, checks)
     finally:

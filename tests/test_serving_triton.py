@@ -91,7 +91,7 @@ def test_malformed_requests_get_clear_errors_and_server_stays_up(triton, arts):
                     c.infer(bad)
             with pytest.raises(InferenceError, match="unknown model|not found"):
                 TritonClient(url, "no_such_model", retries=0).infer(feeds)
-            assert c.is_ready()
+            assert c.is_live() and c.model_ready()
             out, _ = c.infer(feeds)  # still serving
             assert out["probabilities"].shape == (8, 3)
     # NaN expression = absent genes: accepted and filled inside the graph
@@ -178,7 +178,7 @@ def test_infra_validation_passes_good_and_rejects_bad_models(triton, arts, tmp_p
     noisy = export_onnx_artifact(Noisy(), info, tmp_path / "noisy", atol=1.0)
     disagree = infra_validate(noisy, **kw)
     assert not disagree.passed and "differs from onnxruntime" in disagree.reason
-    assert TritonClient(server.url, "x").is_ready()
+    assert TritonClient(server.url, "x").is_live()
 
 
 def run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
