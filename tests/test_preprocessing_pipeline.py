@@ -162,3 +162,18 @@ def test_serving_conventions_batch_levels_covariate_encoding_and_unseen_batch():
         ident = no_scale.to_torch()(torch.as_tensor(c.X[:3]), torch.full((3,), -1), torch.as_tensor(cov[:3])).numpy()
     np.testing.assert_allclose(ident, c.X[:3], atol=1e-4)
     assert (pipe.batch_index(["99"], unseen="minus-one") == -1).all()
+
+
+def test_max_genes_and_combat_switch():
+    c = _count_cohort()
+    pipe = PreprocessingPipeline(PreprocessingConfig(max_genes=50, combat=False)).fit(c, batch_column="batch")
+    assert pipe.combat_ is None and len(pipe.genes_out_) == 50
+    H = pipe.transform(c)
+    assert H.shape == (24, 50)
+    # the kept genes are the most variable ones after normalization, in input order
+    full = PreprocessingPipeline(PreprocessingConfig(combat=False, scale=False)).fit(c)
+    var = full.transform(c).var(0)
+    expected = full.genes_out_[np.sort(np.argsort(-var, kind="stable")[:50])]
+    np.testing.assert_array_equal(pipe.genes_out_, expected)
+    out, _ = _torch_out(pipe, c.X)
+    np.testing.assert_allclose(out, H, atol=1e-5)

@@ -50,6 +50,10 @@ class PreprocessingConfig:
     impute : {"auto", "knn", "mean"}
         ``"auto"``: KNN when the training data has missing values, else training means.
     knn_k : neighbours for KNN.
+    max_genes : keep only the most variable genes (training variance after normalization and
+        imputation), in input order; None keeps all.
+    combat : run ComBat when a batch column is given (False: the batch column is only bookkeeping,
+        e.g. for grouped cross-validation).
     batch_column : sample-sheet column for ComBat (None: no ComBat).
     covariates : sample-sheet columns kept in ComBat's design (must be known at inference).
     combat_parametric, combat_mean_only, reference_batch, unseen_batch : ComBat options.
@@ -64,6 +68,8 @@ class PreprocessingConfig:
     prior_count: float = 2.0
     impute: str = "auto"
     knn_k: int = 10
+    max_genes: int | None = None
+    combat: bool = True
     batch_column: str | None = None
     covariates: list[str] = field(default_factory=list)
     combat_parametric: bool = True
@@ -161,13 +167,19 @@ class PreprocessingPipeline:
         self.value_type_ = plan["value_type"]
         self.plan_ = plan
         self.batch_column_ = batch_column if batch_column is not None else cfg.batch_column
+        if not cfg.combat:
+            self.batch_column_ = None
         self.covariates_ = list(covariates if covariates is not None else cfg.covariates)
         X, _ = as_matrix(cohort.X)
         self.genes_in_ = np.asarray(cohort.genes.astype(str), dtype=object)
         batch = None if self.batch_column_ is None else cohort.column(self.batch_column_).to_numpy()
         cov = self._sheet_columns(cohort.samples, self.covariates_, "covariates")
         if cov is not None and self.batch_column_ is None:
-            raise InputError("covariates are used by ComBat only; give a batch column too")
+            if not cfg.combat:
+                cov = None
+                self.covariates_ = []
+            else:
+                raise InputError("covariates are used by ComBat only; give a batch column too")
 
         # 1. filter
         flt = plan["filter"]
@@ -209,6 +221,18 @@ class PreprocessingPipeline:
             self.fill_means_ = means
             H = np.where(np.isnan(H), means, H)
 
+        # optional: most variable genes only
+        self.top_index_ = None
+        if cfg.max_genes is not None and cfg.max_genes < H.shape[1]:
+            if cfg.max_genes < 1:
+                raise InputError(f"max_genes must be positive, got {cfg.max_genes}")
+            var = H.var(axis=0)
+            top = np.sort(np.argsort(-var, kind="stable")[: cfg.max_genes])
+            self.top_index_ = top
+            H = H[:, top]
+            if self.imputer_ is None:
+                self.fill_means_ = self.fill_means_[top]
+            self.genes_out_ = self.genes_out_[top]
         # 4. ComBat
         self.combat_ = None
         self.batch_levels_ = []
@@ -349,7 +373,11 @@ class PreprocessingPipeline:
             H = self.normalizer_.transform(H)
         if self.imputer_ is not None:
             H = self.imputer_.transform(H)
+            if self.top_index_ is not None:
+                H = H[:, self.top_index_]
         else:
+            if self.top_index_ is not None:
+                H = H[:, self.top_index_]
             H = np.where(np.isnan(H), self.fill_means_, H)
         if self.combat_ is not None:
             if batch is None:
@@ -381,7 +409,14 @@ class PreprocessingPipeline:
             steps.append(T.LogCPM(self.normalizer_))
         elif isinstance(self.normalizer_, Log2p1):
             steps.append(T.Log2p1())
-        steps.append(T.KNNFill(self.imputer_) if self.imputer_ is not None else T.MeanFill(self.fill_means_))
+        if self.imputer_ is not None:
+            steps.append(T.KNNFill(self.imputer_))
+            if self.top_index_ is not None:
+                steps.append(T.SelectGenes(self.top_index_))
+        else:
+            if self.top_index_ is not None:
+                steps.append(T.SelectGenes(self.top_index_))
+            steps.append(T.MeanFill(self.fill_means_))
         combat_at = None
         n_cov = 0
         if self.combat_ is not None:
