@@ -54,14 +54,10 @@ def train(
 
     Example: genexflow train golub --label label --cv 5 --epochs 50 --out bundles/golub
     """
-    from rich.table import Table
-
     from genexflow.errors import InputError
     from genexflow.training.config import MODEL_PRESETS
-    from genexflow.training.cv import DEEP
     from genexflow.training.inputs import build_config, load_training_cohort, parse_sets
-    from genexflow.training.run import Hooks, train_and_track
-    from genexflow.training.splits import make_splits
+    from genexflow.training.trainer import init_distributed
 
     if preset is not None and preset not in MODEL_PRESETS:
         raise InputError(f"unknown preset {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
@@ -74,14 +70,31 @@ def train(
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,
         seed=seed, device=device,
     )
+    dist = init_distributed(cfg.device)  # torchrun (PyTorchJob): join the process group; no-op otherwise
+    _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
+           experiment, run_name, explain_samples, no_shap, quiet=not dist.is_main)
+    if dist.active:  # on an error the rank raises instead and torchrun stops the others
+        import torch.distributed as tdist
+
+        tdist.barrier()  # rank 0 is still writing the bundle
+        tdist.destroy_process_group()
+
+
+def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
+           experiment, run_name, explain_samples, no_shap, quiet: bool) -> None:
+    from rich.table import Table
+
+    from genexflow.training.baselines import baseline_names
+    from genexflow.training.cv import DEEP, encode_labels
+    from genexflow.training.run import Hooks, train_and_track
+    from genexflow.training.splits import make_splits
+
     base = None if baselines is None else ([] if baselines == "none" else
                                            ("all" if baselines == "all" else _split(baselines)))
-    console.print(f"{c}", markup=False)
+    if not quiet:
+        console.print(f"{c}", markup=False)
 
     # Count the work for the progress bars (the same splits cross_validate will draw).
-    from genexflow.training.baselines import baseline_names
-    from genexflow.training.cv import encode_labels
-
     labels = encode_labels(c, cfg)
     n_folds = 0
     if cv >= 2 or split == "lobo":
@@ -91,6 +104,10 @@ def train(
     n_models = 1 + len(baseline_names(cfg.task, base) if base != [] else [])
     methods = ("attention", "saliency", "integrated_gradients") + (() if no_shap else ("shap",))
 
+    if quiet:  # DDP worker rank: same work, no output
+        train_and_track(c, cfg, cohort_path=path, cv=cv, split=split, n_repeats=repeats, baselines=base,
+                        hpo_trials=hpo, hpo_sampler=hpo_sampler, tracking=False, explain_samples=0)
+        return
     with progress() as bar:
         stage_task = bar.add_task("starting", total=None)
         fold_task = bar.add_task("folds x models", total=max(n_folds * n_models, 1), visible=n_folds > 0)
@@ -142,7 +159,13 @@ def train(
         console.print(f"MLflow run {outcome.run_id} ({outcome.run_id and (tracking_uri or 'default store')})",
                       markup=False)
     console.print(f"model bundle -> {outcome.bundle_dir}", markup=False)
+    if outcome.cv is not None:
+        # name=value lines on stdout: Katib's StdOut metrics collector (infra/k8s/training) reads them.
+        for k, v in outcome.model.info.metrics.items():
+            if isinstance(v, float):
+                typer.echo(f"cv_{k}={v:.6f}")
     typer.echo(str(outcome.bundle_dir))
+
 
 
 def register(app: typer.Typer) -> None:

@@ -84,6 +84,12 @@ def train_and_track(
 
     ``cv=0`` skips cross-validation (no comparison table). See the module docstring for what is logged.
     """
+    from genexflow.training.trainer import current_dist
+
+    # Under torchrun every rank runs this function (the trainer needs them all); only rank 0 tracks,
+    # explains and writes the bundle.
+    main = current_dist().is_main
+    tracking = tracking and main
     hooks = hooks or Hooks()
     stage = hooks.on_stage or (lambda s: None)
     tracker: Any = (RunTracker(experiment, run_name or f"{cohort.name}-{cfg.label}", tracking_uri,
@@ -140,6 +146,8 @@ def train_and_track(
         tracker.log_preprocessing(model.preprocessing)
         log_final_plots(tracker, model, cohort)
 
+        if not main:
+            return RunOutcome(None, None, model, cvres, cfg, hpo, None, metrics)
         explanation = None
         if explain_samples > 0 and explain_methods:
             stage("interpretability")
