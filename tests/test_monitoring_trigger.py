@@ -117,11 +117,11 @@ def test_drift_starts_a_real_local_training_run(tmp_path):
     prof = build_reference_profile(cohort.subset(~new_mask), batch_column="batch", label_column="label",
                                    gene_sets=truth.pathways)
     new = cohort.subset(new_mask)
-    new.write(tmp_path / "new")
+    cohort.write(tmp_path / "all")  # retrain on the old batches plus the new one (ComBat needs them all)
     ws = Workspace(tmp_path / "ws")
     res = drift_check(new, prof, out_dir=tmp_path / "out", mlflow_tracking_uri=ws.tracking_uri, evidently=False)
     assert res.drift and "batch" in res.decision.reason_kinds
-    args = training_arguments(tmp_path / "new" / "expression.parquet", tmp_path / "new" / "samples.csv", "label", ws,
+    args = training_arguments(tmp_path / "all" / "expression.parquet", tmp_path / "all" / "samples.csv", "label", ws,
                               batch_column="batch", train_config={"epochs": 1, "patience": 1, "num_threads": 1})
     args.update(cv_folds=2, explain_samples=0, baselines=["logreg_l2"])
     store = CooldownStore(tmp_path / "cooldown.json")
