@@ -316,7 +316,9 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ff_dim: int, dropout: float = 0.1, norm_first: bool = False):
         super().__init__()
         self.attn = MultiHeadSelfAttention(d_model, n_heads)
-        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), FastDropout(dropout), nn.Linear(ff_dim, d_model))
+        # Residual dropout on the two sub-layer outputs, as in Vaswani et al. (2017); no dropout inside the
+        # feed-forward block or on the attention weights (each costs ~10% of the encoder on CPU).
+        self.ff = nn.Sequential(nn.Linear(d_model, ff_dim), nn.GELU(), nn.Linear(ff_dim, d_model))
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.drop1 = FastDropout(dropout)
