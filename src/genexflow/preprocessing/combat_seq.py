@@ -87,9 +87,15 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
     >>> rng = np.random.default_rng(0)
     >>> mu = rng.gamma(2, 50, size=40)
     >>> batch = np.repeat([0, 1], 6)
-    >>> X = rng.negative_binomial(10, 10 / (10 + mu * np.where(batch == 1, 3.0, 1.0)[:, None]))
+    >>> eff = np.where(np.arange(40) < 20, 3.0, 1.0)  # genes 0-19 are 3x higher in batch 1
+    >>> X = rng.negative_binomial(10, 10 / (10 + mu * np.where(batch[:, None] == 1, eff, 1.0)))
     >>> out = ComBatSeq().fit_transform(X, batch=batch)
-    >>> bool(abs(np.log(out[batch == 1].mean() / out[batch == 0].mean())) < 0.3)
+    >>> def lfc(M, genes):  # log fold change batch 1 vs 0 of a gene set
+    ...     return np.log(M[batch == 1][:, genes].sum() / M[batch == 0][:, genes].sum())
+    >>> shifted, other = slice(0, 20), slice(20, 40)
+    >>> bool(lfc(X, shifted) - lfc(X, other) > 1.0)  # relative batch effect before (library sizes aside)
+    True
+    >>> bool(abs(lfc(out, shifted) - lfc(out, other)) < 0.1)  # and after
     True
     """
 
