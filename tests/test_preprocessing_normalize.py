@@ -193,3 +193,21 @@ def test_shipped_hg19_lengths_and_tpm():
     tpm = LengthNormalizer(s, "tpm").fit_transform(counts)
     rate = counts.to_numpy() / s[["TP53", "GAPDH"]].to_numpy()
     np.testing.assert_allclose(tpm, rate / rate.sum(1, keepdims=True) * 1e6)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset", ["marioni", "geuvadis"])
+def test_tmm_logcpm_on_shared_count_data_matches_literal_port(shared_data, dataset):
+    from genexflow.io import read_matrix
+
+    if dataset == "marioni":
+        X = read_matrix(shared_data / "marioni_noiseq" / "counts.parquet").to_numpy(np.float64)
+    else:  # tximport counts rounded to integers, genes as rows in the file
+        X = read_matrix(shared_data / "geuvadis_tximport" / "gene_counts_rounded.parquet").to_numpy(np.float64)
+    nf = calc_norm_factors(X)
+    np.testing.assert_allclose(nf, r_calc_norm_factors(X.T), rtol=1e-12)
+    assert np.ptp(nf) > 0.01  # real libraries need non-trivial factors
+    lc = CPMNormalizer().fit_transform(X)
+    np.testing.assert_allclose(lc, r_cpm(X.T, lib_size=X.sum(1) * nf, log=True).T, rtol=1e-12)
+    keep = FilterByExpr().fit(X).get_support()
+    np.testing.assert_array_equal(keep, r_filter_by_expr(X.T))
