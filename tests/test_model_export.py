@@ -133,3 +133,28 @@ def test_export_rejects_wrong_sizes_and_old_opset(tmp_path):
         export_onnx(net, tmp_path / "x.onnx", n_genes=11, n_covariates=1)
     with pytest.raises(InputError, match="opset"):
         export_onnx(net, tmp_path / "x.onnx", opset=13)
+
+
+def test_torchscript_onnx_exporter_sums_repeated_edge_targets(tmp_path):
+    """Serving exports with the TorchScript-based ONNX exporter; edge-list message passing must survive it
+    (repeated scatter targets are summed, not overwritten)."""
+    import warnings
+
+    from genexflow.models.export import ServingModule
+
+    rng = np.random.default_rng(3)
+    genes = [f"g{i}" for i in range(60)]
+    sets = {f"s{k}": list(rng.choice(genes, 10, replace=False)) for k in range(4)}
+    edges = pd.DataFrame({"gene1": rng.choice(genes, 300), "gene2": rng.choice(genes, 300),
+                          "weight": rng.random(300).astype(np.float32)})
+    pri = build_priors(genes, sets, min_size=5, graph=edge_list_graph(edges, genes))
+    net = PathwayNet.from_priors(pri, n_covariates=2, n_outputs=3, **SMALL).eval()
+    wrapper = ServingModule(net).eval()
+    path = tmp_path / "legacy.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (torch.randn(2, 60), torch.randn(2, 2)), str(path), dynamo=False,
+                          input_names=["expression", "covariates"], output_names=wrapper.output_names,
+                          dynamic_axes={"expression": {0: "b"}, "covariates": {0: "b"}}, opset_version=17)
+    x, c = rng.normal(size=(7, 60)).astype(np.float32), rng.normal(size=(7, 2)).astype(np.float32)
+    assert max(verify_onnx(net, path, x, c).values()) < 1e-5

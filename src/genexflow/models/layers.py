@@ -70,7 +70,7 @@ class MembershipPropagation(nn.Module):
 
 
 class EdgePropagation(nn.Module):
-    r"""Exact ``Â H`` for an edge-list graph as gather + ``index_add`` (ONNX: Gather + ScatterND-add).
+    r"""Exact ``Â H`` for an edge-list graph as gather + ``scatter_add`` (ONNX: Gather + ScatterElements-add).
 
     .. math::
 
@@ -103,13 +103,18 @@ class EdgePropagation(nn.Module):
         self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
 
     def forward(self, H: Tensor) -> Tensor:
-        messages = H.index_select(0, self.src) * self.edge_weight  # (E, N)
-        return torch.zeros_like(H).index_add(0, self.dst, messages) + self.self_weight * H
+        return self._gather_scatter(H, self.src, self.dst)
 
     def transpose(self, H: Tensor) -> Tensor:
         """``Âᵀ H`` (messages run target -> source); equals ``Â H`` for the symmetric graphs built here."""
-        messages = H.index_select(0, self.dst) * self.edge_weight
-        return torch.zeros_like(H).index_add(0, self.src, messages) + self.self_weight * H
+        return self._gather_scatter(H, self.dst, self.src)
+
+    def _gather_scatter(self, H: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        messages = H.index_select(0, src) * self.edge_weight  # (E, N)
+        # scatter_add, not index_add: both ONNX exporters turn it into ScatterElements(reduction="add"),
+        # which sums repeated targets; the TorchScript exporter's index_add keeps only one of them.
+        index = dst[:, None].expand(-1, H.shape[1])
+        return torch.zeros_like(H).scatter_add(0, index, messages) + self.self_weight * H
 
 
 def make_propagation(graph) -> nn.Module:
