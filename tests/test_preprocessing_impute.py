@@ -92,3 +92,17 @@ def test_errors():
         KNNImputer().fit(X)
     with pytest.raises(InputError, match="needs more than 10 genes"):
         KNNImputer().fit(np.ones((3, 5)))
+
+
+@pytest.mark.shared_data
+def test_matches_literal_port_on_golub(shared_data):
+    from genexflow.io import read_matrix
+
+    X = read_matrix(shared_data / "golub" / "expression.parquet").to_numpy(np.float64)[:, :240]
+    rng = np.random.default_rng(11)
+    X[rng.random(X.shape) < 0.04] = np.nan
+    X[:25, 7] = np.nan  # above rowmax
+    est = KNNImputer(k=10, maxp=100)
+    out = est.fit_transform(X)
+    np.testing.assert_allclose(out, r_impute_knn(X.T, k=10, maxp=100).T, rtol=0, atol=1e-12)
+    assert len(est.clusters_) >= 3
