@@ -90,11 +90,10 @@ def _metrics(url: str, model: str) -> dict[str, float]:
 
 
 def online(art, seconds: float) -> None:
+    from genexflow.export import ort_session
     from genexflow.serving.client import TritonClient
     from genexflow.serving.repository import TritonConfig, deploy
     from genexflow.serving.triton_server import TritonServer
-
-    from genexflow.export import ort_session
 
     sess = ort_session(art.onnx_path, threads=1)
     out_names = [o.name for o in art.outputs]
@@ -260,9 +259,8 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared: expect noise)")
     if not a.skip_online:
-        from genexflow.serving.toy import make_toy_artifact
-
         from genexflow.export import load_artifact
+        from genexflow.serving.toy import make_toy_artifact
 
         art = load_artifact(a.artifact) if a.artifact else make_toy_artifact(
             Path(tempfile.mkdtemp(prefix="bench-art-")), n_genes=a.genes, n_classes=4)

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from genexflow.serving.inputs import build_inputs, output_frame
 
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, ort_session
+from genexflow.serving.inputs import build_inputs, output_frame
 
 PARTS_SUFFIX = ".parts"
 

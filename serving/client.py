@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from genexflow.serving.inputs import build_inputs, output_frame
-from genexflow.serving.repository import DEFAULT_MODEL_NAME, decode_sidecar
 
 from genexflow.bundle import BundleInfo
 from genexflow.errors import GenexflowError, InputError
+from genexflow.serving.inputs import build_inputs, output_frame
+from genexflow.serving.repository import DEFAULT_MODEL_NAME, decode_sidecar
 
 _NUMPY_TO_TRITON = {"float32": "FP32", "int64": "INT64", "float64": "FP64", "int32": "INT32"}
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genexflow.serving.inputs import build_inputs
 
 from genexflow.errors import GenexflowError, InputError
 from genexflow.export import ServingArtifact, example_inputs, load_artifact, run_onnx
+from genexflow.serving.inputs import build_inputs
 
 CANARY_MODEL = "genexflow_canary"
 
@@ -95,8 +95,9 @@ def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = 
                          grpc_url=grpc_url)
     from genexflow.serving.triton_server import TritonServer
 
-    with tempfile.TemporaryDirectory(prefix="genexflow-infra-") as tmp:
-        server = TritonServer(Path(tmp), models=[])
+    with tempfile.TemporaryDirectory(prefix="genexflow-infra-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="genexflow-infra-run-") as run:
+        server = TritonServer(Path(tmp), models=[], run_dir=run)
         try:
             server.start()
         except GenexflowError as exc:

@@ -165,9 +165,8 @@ def evaluate_metrics(task: str, y_true: np.ndarray, output: np.ndarray, class_na
 
 def evaluate_artifact(artifact: ServingArtifact, cohort: Any, label_column: str | None = None) -> dict[str, float]:
     """Metrics of ``artifact`` on a held-out :class:`~genexflow.cohort.Cohort` (in-process onnxruntime)."""
-    from genexflow.serving.inputs import build_inputs
-
     from genexflow.export import run_onnx
+    from genexflow.serving.inputs import build_inputs
 
     info = artifact.info
     col = label_column or info.label_column

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -89,6 +90,7 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def prestart_mlflow() -> MlflowServer:
@@ -117,8 +119,15 @@ def triton_server():
             _CACHE["triton-skip"] = f"local Triton environment could not be created: {exc}"
             pytest.skip(str(_CACHE["triton-skip"]))
         repo = Path(tempfile.mkdtemp(prefix="gxf-triton-repo-"))
-        server = ts.TritonServer(repo, models=[])
+        run = Path(tempfile.mkdtemp(prefix="gxf-triton-run-"))
+        server = ts.TritonServer(repo, models=[], run_dir=run)
         server.start()
         _CACHE["triton"] = (server, repo)
-        atexit.register(server.stop)
+
+        def _stop() -> None:
+            server.stop()
+            shutil.rmtree(repo, ignore_errors=True)
+            shutil.rmtree(run, ignore_errors=True)
+
+        atexit.register(_stop)
     return _CACHE["triton"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from genexflow.serving.batch import CohortSource, LocalRunner, score_cohort
-from genexflow.serving.inputs import build_inputs
-from genexflow.serving.toy import make_toy_artifact, toy_cohort
 
 from genexflow.errors import InputError
 from genexflow.export import run_onnx
+from genexflow.serving.batch import CohortSource, LocalRunner, score_cohort
+from genexflow.serving.inputs import build_inputs
+from genexflow.serving.toy import make_toy_artifact, toy_cohort
 
 GENEXFLOW = str(Path(sys.executable).parent / "genexflow")
 

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from genexflow.serving.inputs import build_inputs
 
 from genexflow import datasets
 from genexflow.errors import InputError
 from genexflow.export import export_bundle, load_artifact, run_onnx
+from genexflow.serving.inputs import build_inputs
 from genexflow.simulate import simulate_cohort
 from genexflow.training.config import MODEL_PRESETS, TrainConfig
 from genexflow.training.model import TrainedModel, predict

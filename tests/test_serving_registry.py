@@ -8,11 +8,11 @@ import uuid
 import numpy as np
 import pytest
 from _serving_servers import mlflow_server, prestart_mlflow
+
+from genexflow.errors import InputError
 from genexflow.serving.registry import CHALLENGER, CHAMPION, GatePolicy, Registry, evaluate_metrics
 from genexflow.serving.repository import ModelRepository
 from genexflow.serving.toy import make_toy_artifact, toy_cohort
-
-from genexflow.errors import InputError
 
 prestart_mlflow()  # its first start migrates a sqlite DB; let that overlap collection and other tests
 
@@ -33,9 +33,8 @@ def artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def heldout(artifacts):
     """Held-out cohort labelled by model A's own argmax: A is perfect on it, B is not."""
-    from genexflow.serving.inputs import build_inputs
-
     from genexflow.export import run_onnx
+    from genexflow.serving.inputs import build_inputs
 
     a = artifacts[0]
     co = toy_cohort(a.info, 120, seed=11)

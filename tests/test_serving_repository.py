@@ -8,6 +8,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from genexflow.errors import InputError
+from genexflow.export import load_artifact, onnx_io, run_onnx, sha256_file
 from genexflow.serving.inputs import build_inputs, output_frame
 from genexflow.serving.repository import (
     ModelRepository,
@@ -19,10 +23,6 @@ from genexflow.serving.repository import (
     render_config,
 )
 from genexflow.serving.toy import make_toy_artifact, toy_cohort, toy_module
-from tritonclient.grpc import model_config_pb2 as mc
-
-from genexflow.errors import InputError
-from genexflow.export import load_artifact, onnx_io, run_onnx, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from _serving_servers import mlflow_server, prestart_mlflow, triton_server
+
+from genexflow.export import ServingArtifact, export_onnx_artifact, run_onnx, sha256_file, write_sidecar
 from genexflow.serving.client import InferenceError, ServerUnavailable, TritonClient
 from genexflow.serving.inputs import build_inputs
 from genexflow.serving.repository import deploy
 from genexflow.serving.toy import make_toy_artifact, toy_cohort, toy_info, toy_module
-
-from genexflow.export import ServingArtifact, export_onnx_artifact, run_onnx, sha256_file, write_sidecar
 
 GENEXFLOW = str(Path(sys.executable).parent / "genexflow")
 
