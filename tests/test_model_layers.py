@@ -32,14 +32,17 @@ def test_factorized_propagation_equals_dense():
     genes, sets = _sets()
     g = comembership_graph(sets, genes)
     A_hat = torch.tensor(normalized_adjacency(g.adjacency().toarray().astype(np.float64)))
-    H = torch.randn(40, 5, dtype=torch.float64)
+    H = torch.randn(5, 40, dtype=torch.float64)  # 5 signals over 40 genes (rows)
     ref = dense_propagation(A_hat, H)
+    torch.testing.assert_close(ref, (A_hat @ H.t()).t())
     prop = make_propagation(g)
     assert isinstance(prop, MembershipPropagation)
     got = prop(H.float()).double()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    # The numpy reference of the priors (gene rows) agrees too.
+    np.testing.assert_allclose(g.propagate(H.numpy().T).T, ref.numpy(), rtol=1e-5, atol=1e-6)
     # Genes outside every set (the last three) are left unchanged: their row of Â is e_i.
-    torch.testing.assert_close(got[-3:], H[-3:], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[:, -3:], H[:, -3:], rtol=1e-6, atol=1e-6)
 
 
 def test_edge_propagation_equals_dense_with_duplicate_targets():
@@ -54,27 +57,29 @@ def test_edge_propagation_equals_dense_with_duplicate_targets():
     prop = make_propagation(g)
     assert isinstance(prop, EdgePropagation)
     A_hat = torch.tensor(normalized_adjacency(g.adjacency().toarray().astype(np.float64)))
-    H = torch.randn(30, 4, dtype=torch.float64)
-    torch.testing.assert_close(prop(H.float()).double(), A_hat @ H, rtol=1e-5, atol=1e-6)
+    H = torch.randn(4, 30, dtype=torch.float64)
+    torch.testing.assert_close(prop(H.float()).double(), H @ A_hat, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(prop.transpose(H.float()).double(), H @ A_hat.t(), rtol=1e-5, atol=1e-6)
 
 
 def test_graphconv_shapes_residual_and_gradients():
     genes, sets = _sets()
     prop = make_propagation(comembership_graph(sets, genes))
     layer = GraphConv(8, dropout=0.0)
-    H = torch.randn(40, 3, 8, requires_grad=True)
+    H = torch.randn(3, 8, 40, requires_grad=True)  # (B, F, G)
     out = layer(H, prop)
-    assert out.shape == (40, 3, 8)
-    # Formula: H + GELU(Â (H Θ) + b), with Â applied to every sample and feature.
-    Z = prop(layer.lin(H).reshape(40, -1)).reshape(40, 3, 8)
-    torch.testing.assert_close(out, H + torch.nn.functional.gelu(Z + layer.bias))
+    assert out.shape == (3, 8, 40)
+    # Formula: H + GELU(Â (Θ H) + b), with Â applied to every sample and channel.
+    A_hat = torch.tensor(normalized_adjacency(comembership_graph(sets, genes).adjacency().toarray()))
+    Z = torch.einsum("ij,bfj->bfi", A_hat.float(), torch.einsum("fk,bkg->bfg", layer.lin.weight, H))
+    torch.testing.assert_close(out, H + torch.nn.functional.gelu(Z + layer.bias[:, None]), rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert H.grad is not None and layer.lin.weight.grad.abs().sum() > 0
     # Samples do not mix: changing sample 0 leaves samples 1 and 2 unchanged.
     H2 = H.detach().clone()
-    H2[:, 0] += 1.0
+    H2[0] += 1.0
     out2 = layer(H2, prop)
-    torch.testing.assert_close(out2[:, 1:], out.detach()[:, 1:])
+    torch.testing.assert_close(out2[1:], out.detach()[1:])
 
 
 @pytest.mark.parametrize("graph_kind", ["membership", "edges"])
@@ -92,7 +97,7 @@ def test_fused_graphconv_matches_plain_ops(graph_kind, p):
                                           "weight": rng.random(90)}), genes)
     prop = make_propagation(g)
     layer = GraphConv(6, dropout=p).train()
-    H0 = torch.randn(40, 3, 6)
+    H0 = torch.randn(3, 6, 40)
     results = []
     for fused in (True, False):
         layer.fused = fused
@@ -107,7 +112,7 @@ def test_fused_graphconv_matches_plain_ops(graph_kind, p):
     # And the hand-written backward against finite differences (float64, no dropout).
     layer64 = GraphConv(3, dropout=0.0).double().train()
     prop64 = make_propagation(g).double()
-    H = torch.randn(40, 2, 3, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
     from genexflow.models.layers import _FusedGraphConv
 
     assert torch.autograd.gradcheck(lambda h, w, b: _FusedGraphConv.apply(h, w, b, prop64, 0.0),
@@ -121,7 +126,7 @@ def test_pooling_starts_at_pathway_means_and_learns_weights():
     M = torch.tensor(membership_matrix(sets, genes))
     X = np.random.default_rng(2).normal(size=(5, 40)).astype(np.float32)
     pool = PathwayPooling(40)
-    pooled = pool(torch.tensor(X).t().unsqueeze(-1), M).squeeze(-1).t()  # (B, P)
+    pooled = pool(torch.tensor(X).unsqueeze(1), M).squeeze(1)  # (B, P)
     ref = PathwayScorer(sets, min_size=1, genes=genes).fit(X).transform(X)
     np.testing.assert_allclose(pooled.detach().numpy(), ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
@@ -129,8 +134,8 @@ def test_pooling_starts_at_pathway_means_and_learns_weights():
     W = pool.weights(M)
     torch.testing.assert_close(W.sum(0), torch.ones(6))
     assert torch.all(W[M == 0] == 0)
-    via_weights = (W.t() @ torch.tensor(X).t()).t()
-    torch.testing.assert_close(pool(torch.tensor(X).t().unsqueeze(-1), M).squeeze(-1).t(), via_weights)
+    via_weights = torch.tensor(X) @ W
+    torch.testing.assert_close(pool(torch.tensor(X).unsqueeze(1), M).squeeze(1), via_weights)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

@@ -1,10 +1,11 @@
 """Layers of the pathway network: graph propagation (factorized and edge-list forms), the graph
 convolution, pathway pooling and a self-attention encoder layer that returns its attention weights.
 
-Everything here is ONNX-exportable: matrix products, ``index_select`` / ``index_add`` and elementwise ops
-only (no ``torch.sparse``, no data-dependent Python control flow). Gene features are kept **gene-major**,
-``(G, B, F)``, so that ``Â H`` over the whole batch is one ``(G, ·) x (·, B·F)`` matrix product with the
-adjacency shared across the batch (no per-sample graph copies).
+Everything here is ONNX-exportable: matrix products, ``index_select`` / ``scatter_add`` and elementwise ops
+only (no ``torch.sparse``, no data-dependent Python control flow). Gene features are kept **genes last**,
+``(B, F, G)``: the input ``(B, G)`` is a view of it, ``Â H`` over the whole batch is one
+``(B·F, G) x (G, P)`` product with the adjacency shared across the batch (no per-sample graph copies), and
+the constant factor is the right-hand operand (ONNX Runtime pre-packs it).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from torch.nn import functional as F
 
 
 def dense_propagation(A_hat: Tensor, H: Tensor) -> Tensor:
-    """Reference ``Â H`` with a dense normalized adjacency (small graphs and tests only).
+    """Reference ``Â H`` with a dense normalized adjacency (small graphs and tests only), applied to the
+    gene axis of row-stacked signals: ``(Â Hᵀ)ᵀ = H Âᵀ``.
 
-    Shapes: ``A_hat`` (G, G), ``H`` (G, N) -> (G, N).
+    Shapes: ``A_hat`` (G, G), ``H`` (N, G) -> (N, G).
     """
-    return A_hat @ H
+    return H @ A_hat.t()
 
 
 class MembershipPropagation(nn.Module):
@@ -35,8 +37,9 @@ class MembershipPropagation(nn.Module):
         \hat A H = s \odot \big(M (w \odot (M^\top (s \odot H)))\big) + s^2 \odot (1 - M w) \odot H
                   = B (B^\top H) + r \odot H, \qquad B = \mathrm{diag}(s)\, M\, W^{1/2},\; r = s^2 (1 - M w)
 
-    i.e. two thin dense products (P x G and G x P) plus a diagonal term; the scalings are folded into the
-    buffer ``B`` once, so a forward pass is two GEMMs and one fused multiply-add.
+    i.e. two thin dense products (G x P and P x G) plus a diagonal term; the scalings are folded into the
+    buffer ``B`` once, so a forward pass is two GEMMs and one fused multiply-add. Signals are rows:
+    the module maps ``X`` (N, G) to ``(Â Xᵀ)ᵀ = (X B) Bᵀ + X ⊙ r`` (``Â`` is symmetric).
 
     Parameters
     ----------
@@ -49,8 +52,8 @@ class MembershipPropagation(nn.Module):
 
     Shapes
     ------
-    - input ``H``: (G, N) (N = batch x features, flattened)
-    - output: (G, N)
+    - input ``H``: (N, G) (N = batch x features, flattened)
+    - output: (N, G)
     """
 
     def __init__(self, membership: np.ndarray, set_weights: np.ndarray, scale: np.ndarray,
@@ -59,10 +62,10 @@ class MembershipPropagation(nn.Module):
         B = (np.asarray(scale, np.float64)[:, None] * np.asarray(membership, np.float64)
              * np.sqrt(np.asarray(set_weights, np.float64))[None, :])
         self.register_buffer("basis", torch.as_tensor(B.astype(np.float32)))
-        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
+        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32)))
 
     def forward(self, H: Tensor) -> Tensor:
-        return torch.addcmul(self.basis @ (self.basis.t() @ H), self.self_weight, H)
+        return torch.addcmul((H @ self.basis) @ self.basis.t(), H, self.self_weight)
 
     def transpose(self, H: Tensor) -> Tensor:
         """``Âᵀ H``; ``Â`` is symmetric here, so the same product."""
@@ -90,8 +93,8 @@ class EdgePropagation(nn.Module):
 
     Shapes
     ------
-    - input ``H``: (G, N)
-    - output: (G, N)
+    - input ``H``: (N, G)
+    - output: (N, G)
     """
 
     def __init__(self, edge_index: np.ndarray, edge_weight: np.ndarray, self_weight: np.ndarray):
@@ -99,8 +102,8 @@ class EdgePropagation(nn.Module):
         ei = torch.as_tensor(np.asarray(edge_index, np.int64))
         self.register_buffer("src", ei[0].contiguous())
         self.register_buffer("dst", ei[1].contiguous())
-        self.register_buffer("edge_weight", torch.as_tensor(np.asarray(edge_weight, np.float32))[:, None])
-        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32))[:, None])
+        self.register_buffer("edge_weight", torch.as_tensor(np.asarray(edge_weight, np.float32)))
+        self.register_buffer("self_weight", torch.as_tensor(np.asarray(self_weight, np.float32)))
 
     def forward(self, H: Tensor) -> Tensor:
         return self._gather_scatter(H, self.src, self.dst)
@@ -110,11 +113,11 @@ class EdgePropagation(nn.Module):
         return self._gather_scatter(H, self.dst, self.src)
 
     def _gather_scatter(self, H: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-        messages = H.index_select(0, src) * self.edge_weight  # (E, N)
+        messages = H.index_select(1, src) * self.edge_weight  # (N, E)
         # scatter_add, not index_add: both ONNX exporters turn it into ScatterElements(reduction="add"),
         # which sums repeated targets; the TorchScript exporter's index_add keeps only one of them.
-        index = dst[:, None].expand(-1, H.shape[1])
-        return torch.zeros_like(H).scatter_add(0, index, messages) + self.self_weight * H
+        index = dst[None, :].expand(H.shape[0], -1)
+        return torch.addcmul(torch.zeros_like(H).scatter_add(1, index, messages), H, self.self_weight)
 
 
 def make_propagation(graph) -> nn.Module:
@@ -136,7 +139,7 @@ class GraphConv(nn.Module):
     (:class:`MembershipPropagation` or :class:`EdgePropagation`), the same for every sample and layer.
 
     In training with autograd on, the layer runs as one fused autograd function (``fused=True``) that keeps
-    only the pre-activation ``Z`` and a 1-byte dropout mask for backward (instead of ~8 (G, B, F)
+    only the pre-activation ``Z`` and a 1-byte dropout mask for backward (instead of ~8 (B, F, G)
     temporaries): at G = 20,000 and batch 32 that is ~45 MB instead of ~180 MB per layer. Evaluation,
     export and ``fused=False`` run the same formula as plain ops.
 
@@ -148,8 +151,8 @@ class GraphConv(nn.Module):
 
     Shapes
     ------
-    - input ``H``: (G, B, F), gene-major
-    - output: (G, B, F)
+    - input ``H``: (B, F, G), genes last
+    - output: (B, F, G)
     """
 
     def __init__(self, dim: int, dropout: float = 0.1):
@@ -162,24 +165,24 @@ class GraphConv(nn.Module):
     def forward(self, H: Tensor, propagate: nn.Module) -> Tensor:
         if self.fused and self.training and torch.is_grad_enabled():
             return _FusedGraphConv.apply(H, self.lin.weight, self.bias, propagate, self.dropout.p)
-        G, B, Fd = H.shape
-        # Transform first (F x F on every gene), then propagate the (G, B·F) block in one product.
-        Z = propagate(self.lin(H).reshape(G, -1)).reshape(G, -1, Fd)
-        # In place: the propagation output is not needed by its backward, so this saves a (G, B, F) copy.
-        return H + self.dropout(F.gelu(Z.add_(self.bias)))
+        B, Fd, G = H.shape
+        # Mix the F channels of every gene (Θ H), then propagate the (B·F, G) block in one product.
+        Z = propagate((self.lin.weight @ H).reshape(-1, G)).reshape(B, Fd, G)
+        # In place: the propagation output is not needed by its backward, so this saves a (B, F, G) copy.
+        return H + self.dropout(F.gelu(Z.add_(self.bias[:, None])))
 
 
 class _FusedGraphConv(torch.autograd.Function):
-    """``Y = H + mask ⊙ GELU(Â (H Θᵀ) + b) / (1 − p)`` with a hand-written backward:
+    """``Y = H + mask ⊙ GELU(Â (Θ H) + b) / (1 − p)`` (per sample, genes last) with a hand-written backward:
 
-    ``dZ = GELU'(Z) ⊙ mask ⊙ dY / (1 − p)``, ``db = Σ dZ``, ``dU = Âᵀ dZ`` (U = H Θᵀ),
-    ``dΘ = dUᵀ H``, ``dH = dY + dU Θ``.
+    ``dZ = GELU'(Z) ⊙ mask ⊙ dY / (1 − p)``, ``db = Σ dZ``, ``dU = Âᵀ dZ`` (U = Θ H),
+    ``dΘ = Σ_b dU_b H_bᵀ``, ``dH = dY + Θᵀ dU``.
     """
 
     @staticmethod
     def forward(ctx, H: Tensor, weight: Tensor, bias: Tensor, propagate: nn.Module, p: float) -> Tensor:
-        G, B, Fd = H.shape
-        Z = propagate(F.linear(H, weight).reshape(G, -1)).reshape(G, B, Fd).add_(bias)
+        B, Fd, G = H.shape
+        Z = propagate((weight @ H).reshape(-1, G)).reshape(B, Fd, G).add_(bias[:, None])
         act = F.gelu(Z)
         if p > 0.0:
             mask = torch.rand_like(Z) >= p
@@ -193,13 +196,13 @@ class _FusedGraphConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dY: Tensor):
         H, weight, Z, mask = ctx.saved_tensors
-        G, B, Fd = H.shape
+        B, Fd, G = H.shape
         dA = dY if mask is None else dY * mask * (1.0 / (1.0 - ctx.p))
         dZ = torch.ops.aten.gelu_backward(dA, Z)
-        db = dZ.sum(dim=(0, 1))
-        dU = ctx.propagate.transpose(dZ.reshape(G, -1)).reshape(-1, Fd)  # (G·B, F)
-        dW = dU.t() @ H.reshape(-1, Fd)
-        dH = torch.addmm(dY.reshape(-1, Fd), dU, weight).reshape(G, B, Fd)
+        db = dZ.sum(dim=(0, 2))
+        dU = ctx.propagate.transpose(dZ.reshape(-1, G)).reshape(B, Fd, G)
+        dW = (dU @ H.transpose(1, 2)).sum(0)
+        dH = dY + weight.t() @ dU
         return dH, dW, db, None, None
 
 
@@ -219,29 +222,29 @@ class PathwayPooling(nn.Module):
 
     Shapes
     ------
-    - input ``H``: (G, B, F)
-    - output: (P, B, F)
+    - input ``H``: (B, C, G)
+    - output: (B, C, P)
     """
 
     def __init__(self, n_genes: int):
         super().__init__()
-        self.gene_logits = nn.Parameter(torch.zeros(n_genes, 1))
+        self.gene_logits = nn.Parameter(torch.zeros(n_genes))
 
     def gene_weights(self) -> Tensor:
-        """``e^{u - max u}`` (G, 1); the shift keeps exp finite and cancels in the ratio."""
+        """``e^{u - max u}`` (G,); the shift keeps exp finite and cancels in the ratio."""
         return torch.exp(self.gene_logits - self.gene_logits.max())
 
     def weights(self, membership: Tensor) -> Tensor:
         """``α`` of shape (G, P); columns sum to 1 for non-empty sets (for inspection, not used in forward)."""
-        e = membership * self.gene_weights()
+        e = membership * self.gene_weights()[:, None]
         return e / e.sum(0, keepdim=True).clamp_min(1e-12)
 
     def forward(self, H: Tensor, membership: Tensor) -> Tensor:
-        G, B, Fd = H.shape
-        e = self.gene_weights()  # (G, 1)
-        norm = (membership.t() @ e).clamp_min(1e-12)  # (P, 1)
-        pooled = membership.t() @ (H.reshape(G, -1) * e)  # (P, B·F)
-        return (pooled / norm).reshape(-1, B, Fd)
+        B, C, G = H.shape
+        e = self.gene_weights()  # (G,)
+        norm = (e @ membership).clamp_min(1e-12)  # (P,)
+        pooled = (H.reshape(-1, G) * e) @ membership  # (B·C, P)
+        return (pooled / norm).reshape(B, C, -1)
 
 
 class FastDropout(nn.Module):

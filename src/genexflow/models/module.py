@@ -2,10 +2,10 @@
 
 ::
 
-    expression x (B, G) ──┬─ gene embedding (G,B,F) ─ GraphConv x L (shared Â) ─ per-gene readout (B,G)
+    expression x (B, G) ──┬─ gene embedding (B,F,G) ─ GraphConv x L (shared Â) ─ per-gene readout (B,G)
                           │                                  │                      └ MLP 512 -> 256 ─┐
-                          │     [x, H_L Wt] (G,B,1+t) ───────┘                                        │
-                          │          └ PathwayPooling (P,B,1+t) ─ Linear ─ + pathway embedding        │
+                          │     [x, Wt H_L] (B,1+t,G) ───────┘                                        │
+                          │          └ PathwayPooling (B,1+t,P) ─ Linear ─ + pathway embedding        │
                           │              └ [CLS; tokens] (B,P+1,d) ─ TransformerEncoder x 2 ─ CLS (B,d)┤
                           └─ encoder (B,ae_hidden) ─ latent z (B,L) ─ decoder ─ reconstruction (B,G)    │
                                                           └────────────────────────────────────────────┤
@@ -129,8 +129,8 @@ class PathwayNet(nn.Module):
 
         Fd = c.gcn_dim if c.use_gcn else 0
         if c.use_gcn:
-            self.gene_scale = nn.Parameter(torch.randn(c.n_genes, 1, Fd) * 0.5)
-            self.gene_embed = nn.Parameter(torch.randn(c.n_genes, 1, Fd) * 0.1)
+            self.gene_scale = nn.Parameter(torch.randn(Fd, c.n_genes) * 0.5)
+            self.gene_embed = nn.Parameter(torch.randn(Fd, c.n_genes) * 0.1)
             self.gcn = nn.ModuleList(GraphConv(Fd, c.gcn_dropout) for _ in range(c.gcn_layers))
             self.gene_readout = nn.Linear(Fd, 1)
             dims = (c.n_genes, *c.readout_dims)
@@ -146,7 +146,7 @@ class PathwayNet(nn.Module):
             if tg:
                 self.token_gene = nn.Linear(Fd, tg, bias=False)
             self.token_proj = nn.Linear(1 + tg, c.d_model)
-            self.pathway_embed = nn.Parameter(torch.randn(c.n_pathways, 1, c.d_model) * 0.02)
+            self.pathway_embed = nn.Parameter(torch.randn(c.n_pathways, c.d_model) * 0.02)
             self.cls_token = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
             self.encoder = nn.ModuleList(
                 TransformerEncoderLayer(c.d_model, c.n_heads, c.ff_dim, c.attn_dropout, c.norm_first)
@@ -185,11 +185,11 @@ class PathwayNet(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str = "cpu") -> PathwayNet:
+    def load(cls, path, map_location: str = "cpu") -> PathwayNet:
+        """Rebuild from :meth:`save` output (a path or a file-like object); no priors needed."""
         blob = torch.load(path, map_location=map_location, weights_only=True)
         cfg = PathwayNetConfig.from_dict(blob["config"])
-        net = cls.__new__(cls)
-        cls.__init__(net, cfg, blob["state_dict"]["membership"].numpy(), graph=_Placeholder)
+        net = cls(cfg, blob["state_dict"]["membership"].numpy(), graph=_Placeholder)
         net.load_state_dict(blob["state_dict"])
         return net
 
@@ -210,18 +210,17 @@ class PathwayNet(nn.Module):
         parts: list[Tensor] = []
         H = None
         attention = reconstruction = latent = logvar = None
-        x_gm = expression.t().unsqueeze(-1)  # (G, B, 1) gene-major
+        x3 = expression.unsqueeze(1)  # (B, 1, G): genes last, a view of the input
         if c.use_gcn:
-            H = torch.addcmul(self.gene_embed, x_gm, self.gene_scale)  # (G, B, F)
+            H = torch.addcmul(self.gene_embed, x3, self.gene_scale)  # (B, F, G)
             for layer in self.gcn:
                 H = layer(H, self.propagate)
-            gene_out = self.gene_readout(H).squeeze(-1).t()  # (B, G)
+            gene_out = (self.gene_readout.weight @ H).squeeze(1) + self.gene_readout.bias  # (B, G)
             parts.append(self.readout(gene_out))
         if c.use_transformer:
-            feats = x_gm if H is None or not c.token_gene_dim else torch.cat([x_gm, self.token_gene(H)], -1)
-            pooled = self.pooling(feats, self.membership)  # (P, B, 1 + t); channel 0 = pathway score at init
-            tokens = self.token_proj(pooled) + self.pathway_embed  # (P, B, d)
-            tokens = tokens.transpose(0, 1)  # (B, P, d)
+            feats = x3 if H is None or not c.token_gene_dim else torch.cat([x3, self.token_gene.weight @ H], 1)
+            pooled = self.pooling(feats, self.membership)  # (B, 1 + t, P); channel 0 = pathway score at init
+            tokens = self.token_proj(pooled.transpose(1, 2)) + self.pathway_embed  # (B, P, d)
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)
             Z = torch.cat([cls, tokens], dim=1)  # (B, P+1, d)
             weights = []
