@@ -22,6 +22,8 @@ def train(
     task: str = typer.Option(None, "--task", help="classification or regression [default: classification]."),
     value_type: str = typer.Option(None, "--value-type", help="counts, tpm, fpkm or log-expression (matrix input)."),
     batch_column: str = typer.Option(None, "--batch-column", help="Batch column (ComBat; grouping for --split lobo)."),
+    no_combat: bool = typer.Option(False, "--no-combat", help="Keep the batch column for grouping (lobo) but "
+                                                               "do not ComBat-correct."),
     covariates: str = typer.Option(None, "--covariates", help="Comma-separated covariates known at inference "
                                                                "(e.g. age,sex); never the label."),
     cv: int = typer.Option(5, "--cv", help="Cross-validation folds (0 = no CV, final model only)."),
@@ -68,7 +70,7 @@ def train(
     cfg = build_config(
         config, overrides, task=task, label=label, batch_column=batch_column,
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,
-        seed=seed, device=device,
+        seed=seed, device=device, combat=False if no_combat else None,
     )
     dist = init_distributed(cfg.device)  # torchrun (PyTorchJob): join the process group; no-op otherwise
     _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,

@@ -23,7 +23,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.linear_model import ElasticNetCV, LogisticRegression, LogisticRegressionCV, RidgeCV
+from sklearn.linear_model import ElasticNetCV, LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -72,7 +72,8 @@ def make_baseline(name: str, task: str, seed: int = 0, gene_sets: Mapping[str, S
             return LogisticRegressionCV(Cs=_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=3000, tol=1e-3,
                                         cv=3, use_legacy_attributes=False)
         if name == "elasticnet":
-            return LogisticRegression(C=0.1, l1_ratio=0.5, solver="saga", max_iter=3000, random_state=seed)
+            return LogisticRegressionCV(Cs=[0.05, 0.5, 5.0], l1_ratios=(0.5,), solver="saga", scoring="neg_log_loss",
+                                        max_iter=2000, tol=1e-3, cv=3, random_state=seed, use_legacy_attributes=False)
         if name == "hist_gb":
             return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, early_stopping=False,
                                                   random_state=seed)
@@ -104,6 +105,10 @@ def fit_predict_baseline(name: str, task: str, X_train: np.ndarray, y_train: np.
         from the training rows), or predictions of shape (n_test,).
     """
     est = make_baseline(name, task, seed, **kwargs)
+    last = est.steps[-1][1] if hasattr(est, "steps") else est
+    if isinstance(last, HistGradientBoostingClassifier | HistGradientBoostingRegressor):
+        # sklearn's default of 20 samples per leaf cannot split a 30-sample cohort at all.
+        last.set_params(min_samples_leaf=int(np.clip(len(y_train) // 10, 3, 20)))
     if task == "classification":
         last = est.steps[-1][1] if hasattr(est, "steps") else est
         if isinstance(last, LogisticRegressionCV):

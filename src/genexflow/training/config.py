@@ -36,6 +36,11 @@ class TrainConfig:
         Sample-sheet column to predict.
     batch_column : str, optional
         Batch column (ComBat in preprocessing, grouping for leave-one-batch-out).
+    combat : bool
+        Correct batches with ComBat when a batch column is given. False keeps the batch column for
+        grouping (leave-one-batch-out), plots and monitoring only. Worth turning off when held-out batches
+        hold a single class: estimating an unseen batch's location from its own samples then removes the
+        biology along with the batch.
     covariates : list of str
         Sample-sheet columns known at inference, fed to ComBat (as protected covariates) and to the model.
         Never the label.
@@ -85,6 +90,7 @@ class TrainConfig:
     task: str = "classification"
     label: str = "label"
     batch_column: str | None = None
+    combat: bool = True
     covariates: list[str] = field(default_factory=list)
     epochs: int = 100
     batch_size: int = 32

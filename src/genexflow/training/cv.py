@@ -72,7 +72,7 @@ def make_preprocessing(cfg: TrainConfig, train: Cohort | None = None) -> Any:
     ComBat falls back to mean-only when a training batch has a single sample (its scale is undefined).
     """
     opts = dict(cfg.preprocessing)
-    if cfg.batch_column:
+    if cfg.batch_column and cfg.combat:
         opts.setdefault("unseen_batch", "estimate")
         if train is not None and "combat_mean_only" not in opts:
             sizes = train.samples[cfg.batch_column].astype(str).value_counts()
@@ -91,8 +91,9 @@ def fit_preprocessing(train: Cohort, cfg: TrainConfig) -> Any:
     """Fit the pipeline on training rows only: the batch column and, for ComBat, the inference-time
     covariates (never the label)."""
     pre = make_preprocessing(cfg, train)
-    covs = list(cfg.covariates) if cfg.batch_column and cfg.covariates else None
-    pre.fit(train, batch_column=cfg.batch_column, covariates=covs)
+    batch = cfg.batch_column if cfg.combat else None
+    covs = list(cfg.covariates) if batch and cfg.covariates else None
+    pre.fit(train, batch_column=batch, covariates=covs)
     return pre
 
 

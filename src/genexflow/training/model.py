@@ -60,12 +60,14 @@ class TrainedModel:
         k = labels.n_classes if cfg.task == "classification" else 1
         res = train_deep(fold, cfg, k, callbacks)
         batch_levels: list[str] = []
-        if cfg.batch_column:
+        corrects = bool(cfg.batch_column and cfg.combat)  # the batch is model input only when ComBat runs
+        if corrects:
             batch_levels = sorted(map(str, data.samples[cfg.batch_column].astype(str).unique()))
         info = BundleInfo(
             task=cfg.task, label_column=cfg.label, class_names=labels.class_names,
             input_genes=[str(g) for g in data.genes], value_type=data.value_type.value,
-            covariates=fold.covariates, batch_column=cfg.batch_column, batch_levels=batch_levels,
+            covariates=fold.covariates, batch_column=cfg.batch_column if corrects else None,
+            batch_levels=batch_levels,
             extra={
                 "architecture": ARCHITECTURE, "train_config": cfg.to_dict(), "model_genes": fold.genes,
                 "pathways": list(fold.priors.pathways), "priors_source": getattr(fold.priors, "source", ""),
