@@ -9,6 +9,7 @@ without duplicates). Restrict it to a cohort's genes with :func:`restrict_gene_s
 from __future__ import annotations
 
 import gzip
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,8 @@ def parse_gmt(text: str, source: str = "GMT") -> dict[str, list[str]]:
     error because it would silently merge two different sets.
     """
     sets: dict[str, list[str]] = {}
+    # One str object per gene: GO-BP repeats ~16k genes ~470k times; interning keeps the dict ~5x smaller.
+    intern = sys.intern
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -56,7 +59,7 @@ def parse_gmt(text: str, source: str = "GMT") -> dict[str, list[str]]:
         name = parts[0].strip()
         if name in sets:
             raise InputError(f"{source} line {lineno}: gene set {name!r} appears twice; give sets unique names")
-        sets[name] = list(dict.fromkeys(g.strip() for g in parts[2:] if g.strip()))
+        sets[name] = list(dict.fromkeys(intern(g.strip()) for g in parts[2:] if g.strip()))
     if not sets:
         raise InputError(f"{source} contains no gene sets; expected GMT lines 'name<TAB>description<TAB>genes…'")
     return sets

@@ -231,7 +231,7 @@ def comembership_graph(
     from genexflow.priors.genesets import membership_matrix
 
     if isinstance(sets, np.ndarray):
-        M = sets.astype(np.float32)
+        M = np.asarray(sets, dtype=np.float32)  # no copy for the float32 matrix of build_priors
         names = list(pathways) if pathways is not None else [f"set{k}" for k in range(M.shape[1])]
     else:
         names = list(sets)
