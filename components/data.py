@@ -3,8 +3,9 @@
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
-from genexflow.components._base import component
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+
+from genexflow.components._base import component
 
 
 @component
@@ -31,7 +32,6 @@ def ingest_validate(
     from pathlib import Path
 
     from genexflow.components._steps import infer_value_type, kfp_numbers, log_metrics
-
     from genexflow.ingest import IngestConfig, ingest
 
     task_dir = Path(cohort.path).parent

@@ -4,8 +4,9 @@ retrain trigger used on a cluster."""
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
-from genexflow.components._base import component
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from genexflow.components._base import component
 
 
 @component
@@ -17,10 +18,11 @@ def drift_check(
     evidence: Output[Artifact],
     mlflow_tracking_uri: str = "",
     alias: str = "champion",
-) -> NamedTuple("DriftOutputs", [("drift", bool), ("score", float), ("reason", str)]):
+) -> bool:
     """Compare a new cohort with the reference profile in the bundle of the ``alias`` version (genes,
-    QC/pathway/latent features, batches, covariates, novelty, performance when labelled); ``drift`` decides
-    retraining. ``evidence`` holds every report, ``decision.json`` and ``drift.prom``."""
+    QC/pathway/latent features, batches, covariates, novelty, performance when labelled); the returned
+    ``drift`` decides retraining (one bool output: kfp.local resolves ``dsl.If`` only on ``Output``).
+    ``evidence`` holds every report, ``decision.json`` and ``drift.prom``; its metadata the reasons."""
     import shutil
     from pathlib import Path
 
@@ -35,10 +37,11 @@ def drift_check(
         shutil.copyfile(html, report.path)
     else:
         Path(report.path).write_text(f"<pre>{res.decision}</pre>")
-    reasons = [r.message for r in res.decision.reasons]
-    score = max([r.value / r.threshold for r in res.decision.reasons if r.threshold] or [0.0])
+    reasons = [f"[{r.kind}] {r.message}" for r in res.decision.reasons]
     log_metrics(metrics, {"drift": res.drift, "n_reasons": len(reasons), "n_samples": res.decision.n_samples or 0})
-    return (res.drift, float(score), "; ".join(reasons) or "no drift")
+    evidence.metadata.update({"drift": res.drift, "reason": "; ".join(reasons) or "no drift",
+                              "reference": res.reference, "mlflow_run_id": res.mlflow_run_id or ""})
+    return res.drift
 
 
 @component

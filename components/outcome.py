@@ -1,9 +1,10 @@
 """The exit-handler component: record how a pipeline run ended, whatever happened inside it."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
-from genexflow.components._base import component
 from kfp import dsl
 from kfp.dsl import Artifact, Output
+
+from genexflow.components._base import component
 
 
 @component

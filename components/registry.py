@@ -7,8 +7,9 @@ training bundle, so what the gate scores, Triton validates and deploy ships are 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
-from genexflow.components._base import component
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from genexflow.components._base import component
 
 
 @component
@@ -41,20 +42,22 @@ def gate(
     metric: str = "balanced_accuracy",
     margin: float = 0.0,
     baseline_margin: float = 0.0,
-) -> NamedTuple("GateOutputs", [("passed", bool), ("reason", str)]):
-    """Score challenger and champion on the same held-out split, compare with the baselines; ``passed``
-    decides promotion (recorded as ``gate.*`` tags on the version)."""
+) -> bool:
+    """Score challenger and champion on the same held-out split, compare with the baselines; the returned
+    ``passed`` decides promotion (recorded as ``gate.*`` tags on the version; the reason and metrics are in
+    ``decision``). A single bool output, because kfp.local resolves ``dsl.If`` only on ``Output``."""
+    from genexflow.cohort import Cohort
     from genexflow.components._steps import gate_markdown
     from genexflow.serving.registry import GatePolicy, Registry
-
-    from genexflow.cohort import Cohort
 
     d = Registry(mlflow_tracking_uri or None).gate(
         model_name, Cohort.read(heldout.path), challenger=version,
         policy=GatePolicy(metric=metric, margin=margin, baseline_margin=baseline_margin),
         data_description=f"held-out split {heldout.uri}")
     gate_markdown(d, decision.path)
-    return (d.passed, d.reason)
+    decision.metadata.update({"passed": d.passed, "reason": d.reason, "version": version,
+                              "champion_version": d.champion_version or ""})
+    return d.passed
 
 
 @component

@@ -3,8 +3,9 @@
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
-from genexflow.components._base import component
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from genexflow.components._base import component
 
 
 @component
@@ -30,12 +31,11 @@ def infra_validate(
     """Load the registered version in a real Triton (a local one is started when no server is given), send
     canary requests over HTTP and gRPC, compare with onnxruntime; records ``infra.*`` tags. Fails the step
     (and so blocks promotion) when the model does not pass."""
+    from genexflow.cohort import Cohort
     from genexflow.components._steps import log_metrics
+    from genexflow.errors import ValidationError
     from genexflow.serving.infra_validate import validate_registered
     from genexflow.serving.registry import Registry
-
-    from genexflow.cohort import Cohort
-    from genexflow.errors import ValidationError
 
     server = {"url": triton_url, "repository": triton_repository} if triton_url else {}
     res = validate_registered(Registry(mlflow_tracking_uri or None), model_name, version,

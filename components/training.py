@@ -4,8 +4,9 @@ baselines, optional HPO, final model, bundle; tracked in MLflow), evaluate on th
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import NamedTuple
 
-from genexflow.components._base import component
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from genexflow.components._base import component
 
 
 @component
@@ -27,7 +28,6 @@ def preprocess_fit(
     import pickle
 
     from genexflow.components._steps import holdout_split, train_config
-
     from genexflow.training.cv import fit_preprocessing
 
     cfg = train_config(config, label_column, batch_column, covariates, preprocessing, seed)
@@ -63,9 +63,8 @@ def train(
     """Cross-validate the deep model against the baselines, search hyper-parameters (``hpo_trials`` > 0),
     fit the final model on the training split and write the bundle (+ drift reference); all in one MLflow
     run tagged with this pipeline job."""
-    from genexflow.components._steps import log_metrics, train_config
-
     from genexflow.cohort import Cohort
+    from genexflow.components._steps import log_metrics, train_config
     from genexflow.training.run import train_and_track
 
     cohort = Cohort.read(train.path)

@@ -14,10 +14,11 @@ enough to keep Triton's dynamic batcher busy without stacking shard pods on a sm
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import Any
 
+from kfp import dsl
+
 from genexflow.components.data import ingest_validate, merge_predictions, shard_cohort
 from genexflow.components.serving import batch_infer
 from genexflow.pipelines.kubernetes import Platform
-from kfp import dsl
 
 NAME = "genexflow-batch-inference"
 DEFAULT_PARALLELISM = 4

@@ -75,8 +75,9 @@ def compile_pipeline(
     ``base_image`` / ``gpu_image`` override the image of every executor (default: the names the components
     were built with, from ``GENEXFLOW_BASE_IMAGE`` / ``GENEXFLOW_GPU_IMAGE``).
     """
-    from genexflow.components import _base
     from kfp import compiler
+
+    from genexflow.components import _base
 
     pipeline = build(name, target, settings)
     path = Path(path)

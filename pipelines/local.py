@@ -61,10 +61,16 @@ class TaskRecord:
     seconds: float | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, list[str]] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def artifact(self, name: str) -> str | None:
         uris = self.artifacts.get(name) or []
         return uris[0] if uris else None
+
+    @property
+    def output(self) -> Any:
+        """The single return value of a component (KFP's ``Output`` parameter)."""
+        return self.parameters.get("Output")
 
 
 @dataclass
@@ -103,7 +109,7 @@ class LocalRun:
             "pipeline": self.pipeline, "run_dir": str(self.run_dir), "state": self.state,
             "seconds": round(self.seconds, 2), "log": str(self.log_path) if self.log_path else None,
             "tasks": {n: {"state": t.state, "seconds": t.seconds, "parameters": t.parameters,
-                          "artifacts": t.artifacts} for n, t in sorted(self.tasks.items())},
+                          "artifacts": t.artifacts, "metadata": t.metadata} for n, t in sorted(self.tasks.items())},
         }
 
 
@@ -152,9 +158,11 @@ def collect_tasks(run_dir: Path) -> dict[str, TaskRecord]:
             data = json.loads(out.read_text() or "{}")
         except json.JSONDecodeError:
             data = {}
-        arts = {k: [a.get("uri", "") for a in v.get("artifacts", [])]
-                for k, v in (data.get("artifacts") or {}).items()}
-        tasks[name] = TaskRecord(name, out.parent, parameters=data.get("parameterValues") or {}, artifacts=arts)
+        raw = data.get("artifacts") or {}
+        arts = {k: [a.get("uri", "") for a in v.get("artifacts", [])] for k, v in raw.items()}
+        meta = {k: dict((v.get("artifacts") or [{}])[0].get("metadata") or {}) for k, v in raw.items()}
+        tasks[name] = TaskRecord(name, out.parent, parameters=data.get("parameterValues") or {}, artifacts=arts,
+                                 metadata=meta)
     return tasks
 
 

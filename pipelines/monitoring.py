@@ -15,11 +15,12 @@ Scheduled with ``genexflow pipeline schedule --cron`` as a KFP recurring run.
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import Any
 
+from kfp import dsl
+
 from genexflow.components.data import ingest_validate
 from genexflow.components.monitoring import drift_check, trigger_retrain
 from genexflow.pipelines import training
 from genexflow.pipelines.kubernetes import Platform
-from kfp import dsl
 
 NAME = "genexflow-monitoring"
 
@@ -50,6 +51,7 @@ def build(platform: Platform | None = None) -> Any:
         hpo_trials: int = 0,
         cv_folds: int = 5,
         explain_samples: int = 100,
+        baselines: list = [],  # noqa: B006
         test_fraction: float = 0.2,
         seed: int = 0,
         gate_metric: str = "balanced_accuracy",
@@ -68,7 +70,7 @@ def build(platform: Platform | None = None) -> Any:
         dc = drift_check(cohort=ing.outputs["cohort"], model_name=model_name, alias=alias,
                          mlflow_tracking_uri=mlflow_tracking_uri)
         platform(dc, "data", "mlflow").set_display_name("drift check").set_caching_options(False)
-        with dsl.If(dc.outputs["drift"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
+        with dsl.If(dc.outputs["Output"] == True, name="drift-detected"):  # noqa: E712 - KFP condition
             args = dict(expression_uri=expression_uri, samples_uri=samples_uri, label_column=label_column,
                         value_type=value_type, batch_column=batch_column, covariates=covariates,
                         quarantine_root=quarantine_root, ingest_config=ingest_config, model_name=model_name,
@@ -76,7 +78,8 @@ def build(platform: Platform | None = None) -> Any:
                         experiment_name=experiment_name,
                         mlflow_tracking_uri=mlflow_tracking_uri, train_config=train_config,
                         preprocessing=preprocessing, hpo_trials=hpo_trials, cv_folds=cv_folds,
-                        explain_samples=explain_samples, test_fraction=test_fraction, seed=seed,
+                        explain_samples=explain_samples, baselines=baselines, test_fraction=test_fraction,
+                        seed=seed,
                         gate_metric=gate_metric, gate_margin=gate_margin, baseline_margin=baseline_margin,
                         triton_repository=triton_repository, triton_url=triton_url)
             if training_pipeline is not None:

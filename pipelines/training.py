@@ -17,13 +17,14 @@ training logs to MLflow, the registry, Triton) always run.
 # no `from __future__ import annotations`: KFP reads the real annotation objects
 from typing import Any
 
+from kfp import dsl
+
 from genexflow.components.data import ingest_validate
 from genexflow.components.outcome import record_outcome
 from genexflow.components.registry import gate, promote, register
 from genexflow.components.serving import deploy, export_onnx, infra_validate
 from genexflow.components.training import evaluate, preprocess_fit, train
 from genexflow.pipelines.kubernetes import Platform
-from kfp import dsl
 
 NAME = "genexflow-training"
 
@@ -107,7 +108,7 @@ def build(platform: Platform | None = None) -> Any:
                       baseline_margin=baseline_margin)
             _configure(platform(gt, "mlflow"), "gate vs champion + baselines", cache=False)
 
-            with dsl.If(gt.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
+            with dsl.If(gt.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
                 iv = infra_validate(model_name=model_name, version=reg.outputs["version"],
                                     heldout=pre.outputs["test"], mlflow_tracking_uri=mlflow_tracking_uri)
                 _configure(platform(iv, "mlflow", "triton"), "infra-validate (Triton)", cache=False)

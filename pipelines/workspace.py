@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genexflow.pipelines.local import LocalRun, TaskEvent, run_local
-
 from genexflow.errors import InputError
+from genexflow.pipelines.local import LocalRun, TaskEvent, run_local
 
 DEFAULT_WORKSPACE = ".genexflow"
 DRIFT_EXPERIMENT = "genexflow-drift"  # genexflow.monitoring.check.DEFAULT_EXPERIMENT
@@ -185,8 +184,8 @@ def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -
     if (t := first("register")) is not None:
         res.registered_version = str(t.parameters.get("version"))
     if (t := first("gate")) is not None:
-        res.gate_passed = bool(t.parameters.get("passed"))
-        res.gate_reason = t.parameters.get("reason")
+        res.gate_passed = bool(t.output)
+        res.gate_reason = t.metadata.get("decision", {}).get("reason")
         if uri := t.artifact("decision"):
             res.reports["gate decision"] = uri
     if (t := first("promote")) is not None:
@@ -201,8 +200,8 @@ def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -
                              ("record-outcome", "outcome", "run outcome")):
         if (t := first(task)) is not None and (uri := t.artifact(art)):
             res.reports[label] = uri
-    if (t := first("evaluate")) is not None and (uri := t.artifact("metrics")):
-        res.metrics = _read_metrics(uri)
+    if (t := first("evaluate")) is not None:
+        res.metrics = dict(t.metadata.get("metrics", {}))
     if (t := first("record-outcome")) is not None and (uri := t.artifact("outcome")):
         import json
 
@@ -211,22 +210,6 @@ def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -
         except (OSError, ValueError):
             res.outcome = {}
     return res
-
-
-def _read_metrics(uri: str) -> dict[str, Any]:
-    """A KFP ``Metrics`` artifact's values live in the executor output metadata, not in the file."""
-    import json
-
-    out = Path(uri).parent / "executor_output.json"
-    try:
-        data = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return {}
-    for arts in (data.get("artifacts") or {}).values():
-        for a in arts.get("artifacts", []):
-            if a.get("uri") == uri:
-                return dict(a.get("metadata") or {})
-    return {}
 
 
 def _run_with_env(pipeline: Any, arguments: dict[str, Any], workspace: Workspace, enable_caching: bool,
@@ -268,11 +251,13 @@ def run_batch_inference(expression: str | Path, samples: str | Path, triton_url:
 
 @dataclass
 class MonitoringResult:
+    """What a local monitoring run found and, on drift, what the nested retraining produced."""
+
     run: LocalRun
     drift: bool
-    score: float | None
     reason: str | None
     report: str | None
+    evidence: str | None
     retraining: TrainingResult | None
 
 
@@ -285,11 +270,11 @@ def run_monitoring(arguments: dict[str, Any], workspace: Workspace, *,
     workspace.ensure_experiment(DRIFT_EXPERIMENT)  # the drift check logs there; keep its artifacts local
     run = _run_with_env(monitoring_pipeline, arguments, workspace, False, on_event)
     dc = run.task("drift-check")
-    drift = bool(dc.parameters.get("drift"))
+    drift = bool(dc.output)
     retrain = read_training_result(run, workspace, arguments.get("model_name", "genexflow-classifier")) \
         if run.ran("train") else None
-    return MonitoringResult(run, drift, dc.parameters.get("score"), dc.parameters.get("reason"),
-                            dc.artifact("report"), retrain)
+    return MonitoringResult(run, drift, dc.metadata.get("evidence", {}).get("reason"), dc.artifact("report"),
+                            dc.artifact("evidence"), retrain)
 
 
 def monitoring_arguments(expression: str | Path, samples: str | Path, label: str, workspace: Workspace,
@@ -299,7 +284,7 @@ def monitoring_arguments(expression: str | Path, samples: str | Path, label: str
                                **{k: v for k, v in kw.items() if k not in ("alias",)})
     keep = ("expression_uri", "samples_uri", "label_column", "value_type", "batch_column", "covariates",
             "model_name", "experiment_name", "mlflow_tracking_uri", "quarantine_root", "ingest_config",
-            "train_config", "preprocessing", "hpo_trials", "cv_folds", "explain_samples", "test_fraction",
+            "train_config", "preprocessing", "hpo_trials", "cv_folds", "explain_samples", "baselines", "test_fraction",
             "seed", "gate_metric", "gate_margin", "baseline_margin", "triton_repository", "triton_url")
     args = {k: targs[k] for k in keep}
     args["alias"] = kw.get("alias", "champion")

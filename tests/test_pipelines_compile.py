@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from genexflow.components import _base
-from genexflow.pipelines import compile as comp
-from genexflow.pipelines.kubernetes import ClusterSettings
 from google.protobuf import json_format
 
+from genexflow.components import _base
 from genexflow.errors import InputError
+from genexflow.pipelines import compile as comp
+from genexflow.pipelines.kubernetes import ClusterSettings
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_training_dag_shape(fresh):
     assert "register" in inner["gate"]["dependentTasks"]
     cond = inner["condition-2"]
     assert "gate" in cond["dependentTasks"]
-    assert "passed" in cond["triggerPolicy"]["condition"]
+    assert "gate-Output" in cond["triggerPolicy"]["condition"]
     gated = spec["components"]["comp-condition-2"]["dag"]["tasks"]
     assert set(gated) == {"infra-validate", "promote", "deploy"}
     assert "infra-validate" in gated["promote"]["dependentTasks"]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from genexflow.components import _steps
 
 from genexflow.cohort import Cohort
+from genexflow.components import _steps
 from genexflow.errors import InputError
 
 

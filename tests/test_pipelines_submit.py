@@ -10,14 +10,14 @@ import socket
 import kfp
 import kfp_server_api
 import pytest
-from genexflow.pipelines import compile as comp
-from genexflow.pipelines import submit as sub
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
 from genexflow.cli.main import app
 from genexflow.errors import InputError
+from genexflow.pipelines import compile as comp
+from genexflow.pipelines import submit as sub
 
 TRAINING = comp.compiled_dir() / "training.k8s.yaml"
 MONITORING = comp.compiled_dir() / "monitoring.k8s.yaml"

@@ -88,15 +88,24 @@ def _progress_printer():
     return on_event
 
 
-def _tasks_table(run) -> Any:
-    from rich.table import Table
-
-    table = Table("step", "state", "seconds", "outputs", title=f"pipeline run {run.run_dir.name}")
+def _print_steps(run, out) -> None:
+    """Every step of a run in execution order: state, wall time, output values, artifact locations
+    (paths are printed whole, never truncated)."""
+    icons = {"SUCCESS": "[green]✓[/]", "FAILURE": "[red]✗[/]", "CACHED": "[blue]↺[/]"}
+    out.print(f"[bold]steps of {run.run_dir.name}[/]")
     for name, t in sorted(run.tasks.items(), key=lambda kv: kv[1].path.stat().st_mtime):
-        outs = [f"{k}={v}" for k, v in t.parameters.items() if not isinstance(v, list | dict)]
-        outs += [f"{k}: {u}" for k, uris in t.artifacts.items() for u in uris if Path(u).exists()]
-        table.add_row(name, t.state, "-" if t.seconds is None else f"{t.seconds:.1f}", "\n".join(outs))
-    return table
+        took = "" if t.seconds is None else f"{t.seconds:6.1f} s"
+        vals = " ".join(f"{k}={_short_value(v)}" for k, v in t.parameters.items() if not isinstance(v, list | dict))
+        out.print(f"  {icons.get(t.state, '·')} {name:<34} {took:>8}  {vals}", highlight=False)
+        for k, uris in t.artifacts.items():
+            for u in uris:
+                if Path(u).exists():
+                    out.print(f"      {k:<16} {u}", highlight=False)
+
+
+def _short_value(v: Any) -> str:
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------- genexflow run
@@ -182,8 +191,8 @@ def _export_dataset(name: str, ws) -> tuple[Path, Path]:
 def _print_training_summary(result) -> None:
     from rich.console import Console
 
-    out = Console()
-    out.print(_tasks_table(result.run))
+    out = Console(soft_wrap=True)
+    _print_steps(result.run, out)
     out.print(f"[bold]pipeline run[/]     {result.run.run_dir}  ({result.run.seconds:.0f} s, log {result.run.log_path})")
     out.print(f"[bold]MLflow[/]           {result.workspace.tracking_uri}  run {result.mlflow_run_id}")
     out.print(f"                 browse: mlflow ui --backend-store-uri {result.workspace.tracking_uri}")
@@ -335,8 +344,9 @@ def run_cmd(
     res = _run_with_env(p, args, ws, cache, _progress_printer())
     from rich.console import Console
 
-    Console().print(_tasks_table(res))
-    Console().print(f"[bold]pipeline run[/] {res.run_dir} ({res.seconds:.0f} s, log {res.log_path})")
+    out = Console(soft_wrap=True)
+    _print_steps(res, out)
+    out.print(f"[bold]pipeline run[/] {res.run_dir} ({res.seconds:.0f} s, log {res.log_path})")
 
 
 @pipeline_app.command("params")
