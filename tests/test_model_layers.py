@@ -150,8 +150,9 @@ def test_attention_weights_shape_and_normalization(norm_first):
     x, c = torch.randn(4, 40), torch.randn(4, 2)
     out = net(x, c, return_attention=True)
     # The fused kernel (default) and the explicit softmax compute the same network.
-    fast = net(x, c)
+    fast = net(x, c, return_attention=False)
     assert fast.attention is None
+    assert len(net(x, c).attention) == 3  # eval mode returns the weights by default
     torch.testing.assert_close(fast.logits, out.logits)
     assert len(out.attention) == 3
     for w in out.attention:

@@ -50,7 +50,7 @@ class PathwayNetOutput(NamedTuple):
     logvar : Tensor of shape (B, L) or None
         VAE log-variance.
     attention : tuple of n_layers Tensors of shape (B, n_heads, P + 1, P + 1), or None
-        Self-attention weights per encoder layer, only with ``forward(..., return_attention=True)`` (a
+        Self-attention weights per encoder layer, in eval mode or with ``return_attention=True`` (a
         tuple, not a stacked copy: at 300 pathways each layer is ~12 M floats); token 0 is the class token,
         token k + 1 pathway k. Rows sum to 1.
     """
@@ -195,18 +195,20 @@ class PathwayNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, expression: Tensor, covariates: Tensor | None = None,
-                return_attention: bool = False) -> PathwayNetOutput:
+                return_attention: bool | None = None) -> PathwayNetOutput:
         """Run all enabled branches.
 
         Parameters
         ----------
         expression : Tensor of shape (B, G)
         covariates : Tensor of shape (B, C), optional when C = 0
-        return_attention : bool
+        return_attention : bool, optional
             Also return the attention weights (explicit softmax instead of the fused kernel; same outputs,
-            about 2x the encoder's CPU time). Training leaves it off.
+            about 2x the encoder's CPU time). Default: in eval mode yes, in training mode no.
         """
         c = self.config
+        if return_attention is None:
+            return_attention = not self.training
         parts: list[Tensor] = []
         H = None
         attention = reconstruction = latent = logvar = None
