@@ -101,7 +101,7 @@ def load_simulated(n: int = 600, g: int = 1000):
 def deep_config(label: str, batch: str | None, epochs: int, extra: dict | None = None, combat: bool = True):
     from genexflow.training.config import MODEL_PRESETS, TrainConfig
 
-    opts = dict(label=label, batch_column=batch, combat=combat, epochs=epochs, lr=1e-3, batch_size=16, patience=10,
+    opts = dict(label=label, batch_column=batch, combat=combat, epochs=epochs, lr=1e-4, batch_size=16, patience=15,
                 weight_decay=1e-2, noise_std=0.3, num_threads=1, model=dict(MODEL_PRESETS["small"]))
     for k, v in (extra or {}).items():
         opts[k] = {**opts[k], **v} if isinstance(v, dict) and isinstance(opts.get(k), dict) else v
@@ -179,12 +179,12 @@ def main(argv=None) -> int:
                     help="golub geuvadis bladder_stratified bladder_lobo bladder_lobo_nocombat simulated")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--quick", action="store_true", help="3 folds, 1 repeat, 20 epochs (smoke run)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.quick:
-        args.folds, args.repeats, args.epochs = 3, 1, 20
+        args.folds, args.repeats, args.epochs = 3, 1, 30
     import torch
 
     torch.set_num_threads(1)
@@ -231,8 +231,8 @@ def main(argv=None) -> int:
         "",
         f"`python benchmarks/bench_training_realdata.py` ({'quick, ' if args.quick else ''}{args.folds}-fold x "
         f"{args.repeats} repeats stratified CV unless stated; deep model `pathwaynet` = PathwayNet `small` preset, "
-        f"lr 1e-3, weight decay 1e-2, Gaussian noise 0.3, batch 16, <= {args.epochs} epochs with early stopping "
-        "(patience 10) on an inner validation split; every model sees the same fold-fitted preprocessing). "
+        f"AdamW lr 1e-4 (warm-up + cosine), weight decay 1e-2, Gaussian noise 0.3, batch 16, <= {args.epochs} epochs "
+        "with early stopping (patience 15) on an inner validation split; every model sees the same fold-fitted preprocessing). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared, busy), torch threads 1. "
         f"Total {time.perf_counter() - t_all:.0f} s.",
         "",
