@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/genexflow demo
+	$(VENV)/bin/genexflow run --demo
 
 test: install sysdeps triton-env tools-env
 	$(PY) -m pytest -q

@@ -102,6 +102,7 @@ class TrainingResult:
     triton_version: int | None = None
     reports: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    infra: dict[str, Any] = field(default_factory=dict)
     outcome: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +112,8 @@ class TrainingResult:
             "model_name": self.model_name, "registered_version": self.registered_version,
             "gate_passed": self.gate_passed, "gate_reason": self.gate_reason, "promoted": self.promoted,
             "deployed_path": self.deployed_path, "triton_version": self.triton_version,
-            "reports": self.reports, "metrics": self.metrics, "log": str(self.run.log_path),
+            "reports": self.reports, "metrics": self.metrics, "infra_validation": self.infra,
+            "log": str(self.run.log_path),
         }
 
 
@@ -195,11 +197,11 @@ def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -
         res.triton_version = t.parameters.get("triton_version")
     for task, art, label in (("ingest-validate", "report", "validation report"),
                              ("evaluate", "report", "evaluation report"),
-                             ("evaluate", "metrics", "evaluation metrics"),
-                             ("infra-validate", "report", "infra-validation"),
                              ("record-outcome", "outcome", "run outcome")):
-        if (t := first(task)) is not None and (uri := t.artifact(art)):
+        if (t := first(task)) is not None and (uri := t.artifact(art)) and Path(uri).is_file():
             res.reports[label] = uri
+    if (t := first("infra-validate")) is not None:
+        res.infra = dict(t.metadata.get("report", {}))
     if (t := first("evaluate")) is not None:
         res.metrics = dict(t.metadata.get("metrics", {}))
     if (t := first("record-outcome")) is not None and (uri := t.artifact("outcome")):

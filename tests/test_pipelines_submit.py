@@ -115,3 +115,16 @@ def test_cli_dry_run_and_errors(monkeypatch):
     assert payload["runtime_config"]["parameters"]["covariates"] == ["age"]
     res = runner.invoke(app, ["pipeline", "submit", "training", "-p", "label_column=x"])
     assert res.exit_code != 0
+
+
+def test_run_cli_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "--workspace", str(tmp_path)])
+    assert res.exit_code != 0 and "missing --expression, --samples, --label" in str(res.exception or res.output)
+    res = runner.invoke(app, ["run", "--dataset", "nope", "--workspace", str(tmp_path)])
+    assert "unknown dataset" in str(res.exception or res.output)
+    res = runner.invoke(app, ["run", "-e", str(tmp_path / "x.csv"), "-s", str(tmp_path / "s.csv"), "-l", "y",
+                              "--workspace", str(tmp_path)])
+    assert "not found" in str(res.exception or res.output)
+    res = runner.invoke(app, ["pipeline", "run", "nope", "--workspace", str(tmp_path)])
+    assert "unknown pipeline" in str(res.exception or res.output)

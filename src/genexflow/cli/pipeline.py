@@ -24,7 +24,7 @@ DEMO_DEFAULT = "golub"
 #: Small, fast defaults for the demo (2 CPU cores, well under 10 minutes including training).
 #: The demo skips cross-validation (the held-out evaluation still compares the baselines) and uses a
 #: small network: the default readout (512, 256) over genes x GCN width dominates CPU time.
-DEMO_TRAIN_CONFIG = {"epochs": 15, "patience": 5, "batch_size": 16,
+DEMO_TRAIN_CONFIG = {"epochs": 20, "patience": 6, "batch_size": 16, "lr": 3e-3,
                      "model": {"readout_dims": [64], "ae_hidden": 64, "latent_dim": 16, "d_model": 32,
                                "ff_dim": 64, "transformer_layers": 1, "head_hidden": 32}}
 DEMO_CV_FOLDS = 0
@@ -202,10 +202,35 @@ def _print_training_summary(result) -> None:
     if result.gate_passed is not None:
         verdict = "[green]passed[/]" if result.gate_passed else "[yellow]not promoted[/]"
         out.print(f"[bold]gate[/]             {verdict}: {result.gate_reason}")
+    if result.metrics:
+        m = result.metrics
+        key = "balanced_accuracy" if "balanced_accuracy" in m else "r2"
+        base = {k.split(".")[1]: v for k, v in m.items() if k.startswith("baseline.") and k.endswith("." + key)}
+        best = max(base, key=base.get) if base else None
+        line = f"{key} {m.get(key, float('nan')):.3f}"
+        if best:
+            line += f" (best baseline {best} {base[best]:.3f})"
+        out.print(f"[bold]held-out[/]         {line}", highlight=False)
+    if result.infra:
+        out.print(f"[bold]infra-validation[/] Triton answers = onnxruntime within {result.infra.get('max_abs_diff', 0):.1e} "
+                  f"({int(result.infra.get('n_requests', 0))} requests)", highlight=False)
     if result.deployed_path:
         out.print(f"[bold]deployed[/]         {result.deployed_path} (Triton version {result.triton_version})")
     for label, path in result.reports.items():
-        out.print(f"[bold]{label:<16}[/] {path}")
+        out.print(f"[bold]{label:<16}[/] {_viewable(path)}", highlight=False)
+
+
+def _viewable(path: str) -> str:
+    """KFP names an HTML artifact's file after the output (``report``); give browsers a ``.html`` copy."""
+    p = Path(path)
+    head = p.read_bytes()[:200].lstrip().lower() if p.is_file() else b""
+    if p.suffix or not head.startswith((b"<html", b"<!doctype")):
+        return str(p)
+    import shutil
+
+    html = p.with_name(p.name + ".html")
+    shutil.copyfile(p, html)
+    return str(html)
 
 
 # ------------------------------------------------------------------------------------- pipeline compile
