@@ -148,3 +148,14 @@ def test_hpo_prunes_hopeless_trials():
     assert res.best_params["lr"] == 1e-2 and res.best_value > 0.8
     assert res.n_pruned >= 1
     assert (t.loc[t["state"] == "PRUNED", "lr"] == 1e-9).all()
+
+
+def test_combat_off_keeps_the_batch_for_grouping_only(sim):
+    from genexflow.training.cv import fit_preprocessing
+
+    on = fit_preprocessing(sim, _cfg(batch_column="batch"))
+    off = fit_preprocessing(sim, _cfg(batch_column="batch", combat=False))
+    assert on.combat_ is not None and off.combat_ is None
+    res = cross_validate(sim, _cfg(batch_column="batch", combat=False), split="lobo", deep=False,
+                         baselines=["hist_gb"])
+    assert sorted(res.per_group().columns) == sorted(sim.samples["batch"].unique())
