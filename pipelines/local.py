@@ -104,6 +104,22 @@ class LocalRun:
     def ran(self, prefix: str) -> bool:
         return bool(self.find(prefix))
 
+    @classmethod
+    def load(cls, run_dir: str | Path) -> LocalRun:
+        """Read a finished local run back from its folder (state from the exit handler's outcome when the
+        pipeline has one; per-task wall times are not kept on disk)."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise GenexflowError(f"{run_dir}: no such pipeline run folder")
+        tasks = collect_tasks(run_dir)
+        state = "UNKNOWN"
+        for t in tasks.values():
+            if t.name.split("/")[-1].startswith("record-outcome") and t.output:
+                state = "SUCCESS" if t.output == "SUCCEEDED" else "FAILURE"
+        name = re.sub(r"-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}-\d+$", "", run_dir.name)
+        log = run_dir / "kfp.log"
+        return cls(name, run_dir, state, 0.0, log if log.exists() else None, tasks)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline, "run_dir": str(self.run_dir), "state": self.state,

@@ -73,12 +73,28 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first(env):
-    from genexflow.pipelines.workspace import run_training, training_arguments
+def first(env, tmp_path_factory):
+    """The first run goes through the CLI (``genexflow run ... --json``), as a user would start it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from genexflow.cli.main import app
+    from genexflow.pipelines.local import LocalRun
+    from genexflow.pipelines.workspace import read_training_result
 
     expr, sheet = env["train"]
-    args = training_arguments(expr, sheet, "label", env["ws"], batch_column="batch", train_config=GOOD, **FAST)
-    return run_training(args, env["ws"])
+    cfg = tmp_path_factory.mktemp("cfg") / "train.yaml"
+    cfg.write_text(yaml.safe_dump({**GOOD, "ingest": FAST["ingest_config"]}))
+    res = CliRunner().invoke(app, [
+        "run", "--expression", str(expr), "--samples", str(sheet), "--label", "label", "--batch-column", "batch",
+        "--config", str(cfg), "--cv-folds", "0", "--explain-samples", "0", "--baselines", "logreg_l2",
+        "--baseline-margin", "-1", "--workspace", str(env["ws"].root), "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    summary = json.loads(res.stdout)
+    assert summary["state"] == "SUCCESS" and summary["tracking_uri"] == env["ws"].tracking_uri
+    out = read_training_result(LocalRun.load(summary["pipeline_run"]), env["ws"], summary["model_name"])
+    assert out.registered_version == summary["registered_version"]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +114,7 @@ def _registry(env):
 
 def test_first_run_registers_promotes_and_deploys(env, first):
     run = first.run
-    assert run.succeeded
+    assert run.succeeded and run.pipeline == "genexflow-training"
     order = ["ingest-validate", "preprocess-fit", "train", "evaluate", "export-onnx", "register", "gate",
              "infra-validate", "promote", "deploy", "record-outcome"]
     assert all(run.ran(t) for t in order), sorted(run.tasks)

@@ -100,3 +100,36 @@ def test_record_outcome_without_mlflow(tmp_path):
     rec = _steps.record_outcome("FAILED", "Task train failed.", "job-1", tmp_path / "o.json")
     assert json.loads((tmp_path / "o.json").read_text())["state"] == "FAILED"
     assert rec["mlflow_runs"] == [] and rec["error"] == "Task train failed."
+
+
+def test_trigger_retrain_component_never_fakes_a_submission(tmp_path):
+    """The cluster retrain step (its Python body, as the container runs it) against an endpoint that is
+    down: the step fails with a clear error and releases the cooldown it claimed."""
+    import socket
+
+    from kfp import dsl
+
+    from genexflow.components.monitoring import trigger_retrain
+    from genexflow.monitoring.policy import CooldownStore, DriftDecision, Reason
+    from genexflow.pipelines.submit import SubmitError
+
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    decision = DriftDecision(True, [Reason("gene", "120 of 300 genes drifted", 0.4, 0.05)], {})
+    (evidence / "decision.json").write_text(decision.to_json())
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    args = {"expression_uri": "/data/new/expression.parquet", "samples_uri": "/data/new/samples.csv",
+            "label_column": "label"}
+    cooldown = tmp_path / "cooldown.json"
+    with pytest.raises(SubmitError, match="cannot reach Kubeflow Pipelines"):
+        trigger_retrain.python_func(evidence=dsl.Artifact(uri=str(evidence)), training_arguments=args,
+                                    kfp_host=f"http://127.0.0.1:{port}", model_key="m", cooldown_path=str(cooldown))
+    assert CooldownStore(cooldown).last("m") is None
+    # a bad parameter is refused before any connection is attempted
+    with pytest.raises(InputError, match="unknown pipeline parameter"):
+        trigger_retrain.python_func(evidence=dsl.Artifact(uri=str(evidence)),
+                                    training_arguments={**args, "epochs": 3}, kfp_host=f"http://127.0.0.1:{port}",
+                                    model_key="m", cooldown_path=str(cooldown))

@@ -122,13 +122,17 @@ def run(
     workspace: Path = typer.Option(None, "--workspace", "-w", help="Local workspace (MLflow db, pipeline outputs, Triton repository). Default: $GENEXFLOW_WORKSPACE or ./.genexflow"),
     model_name: str = typer.Option("genexflow-classifier", "--model-name", help="Registered model name (MLflow)."),
     experiment: str = typer.Option("genexflow", "--experiment", help="MLflow experiment."),
-    config: Path = typer.Option(None, "--config", help="YAML with training options (epochs, lr, model: {...}, preprocessing: {...})."),
+    config: Path = typer.Option(None, "--config", help="YAML with training options (epochs, lr, model: {...}), plus optional preprocessing: {...} and ingest: {...} (IngestConfig) sections."),
     epochs: int = typer.Option(None, "--epochs", help="Maximum training epochs (overrides --config)."),
     hpo_trials: int = typer.Option(0, "--hpo-trials", help="Optuna trials before the final fit (0: no HPO)."),
     cv_folds: int = typer.Option(None, "--cv-folds", help="Cross-validation folds of the deep model vs baselines (0: skip; default 5, demo 3)."),
     explain_samples: int = typer.Option(None, "--explain-samples", help="Samples explained (attention, IG, SHAP); 0 skips (default 100, demo 20)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (splits, initialisation)."),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out fraction for evaluation and the gate."),
+    baselines: list[str] = typer.Option(None, "--baselines", help="Baselines to compare with (default: the task's defaults; 'all')."),
+    gate_metric: str = typer.Option("balanced_accuracy", "--gate-metric", help="Held-out metric the gate compares (r2 for regression)."),
+    gate_margin: float = typer.Option(0.0, "--gate-margin", help="Required improvement over the champion."),
+    baseline_margin: float = typer.Option(0.0, "--baseline-margin", help="Required improvement over the best baseline (negative: may trail it)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse outputs of deterministic steps."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
 ) -> None:
@@ -162,12 +166,15 @@ def run(
     if epochs is not None:
         train_config["epochs"] = epochs
     preprocessing = train_config.pop("preprocessing", {}) if isinstance(train_config.get("preprocessing"), dict) else {}
+    ingest_config = train_config.pop("ingest", {}) if isinstance(train_config.get("ingest"), dict) else {}
     args = training_arguments(
         expression, samples, label, ws, value_type=value_type, batch_column=batch_column,
         covariates=_split_list(covariates), allowed_labels=_split_list(allowed_labels), model_name=model_name,
         experiment=experiment, train_config=train_config, preprocessing=preprocessing, hpo_trials=hpo_trials,
         cv_folds=5 if cv_folds is None else cv_folds,
         explain_samples=100 if explain_samples is None else explain_samples, test_fraction=test_fraction, seed=seed,
+        baselines=_split_list(baselines), gate_metric=gate_metric, gate_margin=gate_margin,
+        baseline_margin=baseline_margin, ingest_config=ingest_config,
     )
     console.print(f"[bold]training pipeline[/] on {expression} ({label}); workspace {ws.root}")
     result = run_training(args, ws, enable_caching=cache, on_event=_progress_printer())
@@ -348,6 +355,7 @@ def run_cmd(
     params_file: Path = typer.Option(None, "--params-file", help="YAML/JSON mapping of pipeline parameters."),
     workspace: Path = typer.Option(None, "--workspace", "-w", help="Local workspace (default ./.genexflow)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse outputs of deterministic steps."),
+    serve: bool = typer.Option(False, "--serve", help="batch-inference: start a local Triton on the workspace's model repository for the run (sets triton_url)."),
 ) -> None:
     """Run any pipeline locally with kfp.local, with explicit parameters (MLflow/quarantine/Triton
     repository default to the workspace)."""
@@ -366,7 +374,16 @@ def run_cmd(
     args = {**{k: v for k, v in defaults.items() if k in accepted}, **args}
     if "experiment_name" in accepted:
         ws.ensure_experiment(args.get("experiment_name", "genexflow"))
-    res = _run_with_env(p, args, ws, cache, _progress_printer())
+    if serve:
+        if "triton_url" not in accepted:
+            raise InputError(f"--serve applies to pipelines that score through Triton, not {pipeline}")
+        from genexflow.serving.triton_server import TritonServer
+
+        with TritonServer(ws.triton_repository) as server:
+            console.print(f"local Triton on {ws.triton_repository} at {server.url}")
+            res = _run_with_env(p, {**args, "triton_url": server.url}, ws, cache, _progress_printer())
+    else:
+        res = _run_with_env(p, args, ws, cache, _progress_printer())
     from rich.console import Console
 
     out = Console(soft_wrap=True)
