@@ -6,7 +6,9 @@ Locally (kfp.local) and in the portable spec none of this applies. For the clust
 * steps that talk to MLflow or the object store get their credentials from Kubernetes Secrets as
   environment variables (``MLFLOW_TRACKING_URI``, ``AWS_ACCESS_KEY_ID`` ...), never as pipeline parameters;
 * the training step requests GPUs, and training and the Triton steps (infra-validate, batch scoring) get a
-  node selector and tolerations for the GPU node pool; training runs in the CUDA image.
+  node selector and tolerations for the GPU node pool; training runs in the CUDA image;
+* the retrain trigger reads the in-cluster KFP endpoint (``KFP_HOST``) and the service-account token path
+  from the ``kfp-settings`` ConfigMap.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Roles a task can have; pipelines tag tasks with roles, settings decide what each role gets.
-ROLES = ("data", "mlflow", "object_store", "gpu", "triton")
+ROLES = ("data", "mlflow", "object_store", "gpu", "triton", "kfp")
 
 
 @dataclass
@@ -42,6 +44,9 @@ class ClusterSettings:
     gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
     ])
+    kfp_config_map: str = "kfp-settings"
+    kfp_config_env: dict[str, str] = field(default_factory=lambda: {
+        "KFP_HOST": "KFP_HOST", "KF_PIPELINES_SA_TOKEN_PATH": "KF_PIPELINES_SA_TOKEN_PATH"})
     train_cpu: str = "4"
     train_memory: str = "16G"
     use_gpu_image: bool = True
@@ -61,6 +66,9 @@ class ClusterSettings:
             # MLflow artifacts live in the object store, so MLflow users need its credentials too
             kubernetes.use_secret_as_env(task, secret_name=self.object_store_secret,
                                          secret_key_to_env=dict(self.object_store_secret_env))
+        if "kfp" in roles:
+            kubernetes.use_config_map_as_env(task, config_map_name=self.kfp_config_map,
+                                             config_map_key_to_env=dict(self.kfp_config_env))
         if "gpu" in roles and self.gpus > 0:
             task.set_accelerator_type(self.gpu_resource).set_accelerator_limit(self.gpus)
             task.set_cpu_request(self.train_cpu).set_memory_request(self.train_memory)

@@ -89,7 +89,7 @@ def build(platform: Platform | None = None) -> Any:
                 rt = trigger_retrain(evidence=dc.outputs["evidence"], training_arguments=args, kfp_host=kfp_host,
                                      experiment_name=experiment_name, model_key=model_name,
                                      cooldown_path=cooldown_path)
-                platform(rt, "mlflow").set_display_name("trigger retraining run").set_caching_options(False)
+                platform(rt, "kfp").set_display_name("trigger retraining run").set_caching_options(False)
 
     return monitoring_pipeline
 

@@ -115,6 +115,14 @@ def test_cluster_platform_settings(fresh):
     assert acc["resourceType"] == "nvidia.com/gpu" and int(acc["resourceCount"]) == 1
 
 
+def test_cluster_retrain_trigger_reads_kfp_settings(fresh):
+    k8s = _docs(fresh / "monitoring.k8s.yaml")[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    trig = k8s["exec-trigger-retrain"]
+    envs = {e["envVar"] for cm in trig["configMapAsEnv"] for e in cm["keyToEnv"]}
+    assert "KFP_HOST" in envs and trig["configMapAsEnv"][0]["configMapName"] == "kfp-settings"
+    assert "configMapAsEnv" not in k8s["exec-drift-check"]
+
+
 def test_custom_images_and_settings(tmp_path):
     s = ClusterSettings(data_pvc="cohorts", gpus=2, mlflow_secret="mlf")
     p = comp.compile_pipeline("training", tmp_path / "t.yaml", target="cluster", settings=s,

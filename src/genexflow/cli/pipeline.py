@@ -326,6 +326,7 @@ def schedule_cmd(
     experiment: str = typer.Option("genexflow", "--experiment", help="KFP experiment (created if absent)."),
     namespace: str = typer.Option(None, "--namespace", help="Kubeflow profile namespace."),
     max_concurrency: int = typer.Option(1, "--max-concurrency", help="Runs of this schedule allowed at once."),
+    service_account: str = typer.Option(None, "--service-account", help="Kubernetes service account of the runs."),
     catchup: bool = typer.Option(False, "--catchup/--no-catchup", help="Backfill missed intervals after a pause."),
     paused: bool = typer.Option(False, "--paused", help="Create the schedule disabled."),
     portable: bool = typer.Option(False, "--portable", help="Use the spec without kfp-kubernetes settings."),
@@ -338,7 +339,7 @@ def schedule_cmd(
     args = _parse_params(param, params_file)
     name = name or f"{package.stem.split('.')[0]}-schedule"
     kw = dict(name=name, cron=cron, arguments=args, max_concurrency=max_concurrency, no_catchup=not catchup,
-              enabled=not paused)
+              enabled=not paused, service_account=service_account)
     if dry_run:
         typer.echo(json.dumps(sub.request_json(sub.build_recurring_run(package, **kw)), indent=1))
         return
