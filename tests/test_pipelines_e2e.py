@@ -204,3 +204,17 @@ def test_monitoring_drift_triggers_retraining(env, second):
     # the retraining used the new cohort
     ingests = res.run.find("ingest-validate")
     assert len(ingests) == 2
+
+
+def test_failed_run_is_recorded_by_the_exit_handler(env):
+    from genexflow.pipelines.local import PipelineRunError
+    from genexflow.pipelines.workspace import run_training, training_arguments
+
+    expr, sheet = env["train"]
+    args = training_arguments(expr, sheet, "no_such_column", env["ws"], train_config=GOOD, **FAST)
+    with pytest.raises(PipelineRunError, match="step 'ingest-validate' failed.*no_such_column") as err:
+        run_training(args, env["ws"])
+    run = err.value.run
+    assert run is not None and not run.succeeded and not run.ran("train")
+    outcome = json.loads(open(run.task("record-outcome").artifact("outcome")).read())
+    assert outcome["state"] == "FAILED" and outcome["error"]
