@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from genexflow.cohort import Cohort
+from genexflow.errors import InputError
 from genexflow.monitoring.detectors import (
     CovariateShiftDetector,
     DriftReport,
@@ -27,9 +30,6 @@ from genexflow.monitoring.detectors import (
 )
 from genexflow.monitoring.policy import DriftDecision, DriftPolicy
 from genexflow.monitoring.profile import ReferenceProfile
-
-from genexflow.cohort import Cohort
-from genexflow.errors import InputError
 
 DEFAULT_EXPERIMENT = "genexflow-drift"
 

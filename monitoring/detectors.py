@@ -22,6 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+
+from genexflow.cohort import Cohort, ValueType
+from genexflow.errors import InputError, NotFittedError
 from genexflow.monitoring import _kernels as K
 from genexflow.monitoring.profile import (
     ReferenceProfile,
@@ -30,9 +33,6 @@ from genexflow.monitoring.profile import (
     prediction_frame,
     reference_performance,
 )
-
-from genexflow.cohort import Cohort, ValueType
-from genexflow.errors import InputError, NotFittedError
 
 
 def _check_fitted(est: Any, attr: str) -> None:

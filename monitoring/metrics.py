@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from genexflow.monitoring.policy import REASON_KINDS
 from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from genexflow.monitoring.policy import REASON_KINDS
 
 PREFIX = "genexflow_drift"
 

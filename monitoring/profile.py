@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from genexflow.monitoring import _kernels as K
 
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
+from genexflow.monitoring import _kernels as K
 
 PROFILE_VERSION = 1
 QC_COLUMNS = ("qc_log10_library_size", "qc_detected_fraction", "qc_missing_fraction", "qc_mean_log_expression",

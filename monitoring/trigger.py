@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy
-
 from genexflow.errors import InputError
+from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy
 
 MODES = ("local", "kfp")
 

@@ -122,7 +122,6 @@ def test_bandit_flags_unsafe_code(tmp_path):
 
 def test_local_services_default_to_localhost(tmp_path):
     from genexflow.serving.triton_server import TritonServer
-
     from genexflow.stack.mlflow_server import MlflowServer
 
     t = TritonServer(tmp_path, 1, 2, 3)

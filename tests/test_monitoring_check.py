@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from genexflow.errors import InputError
 from genexflow.monitoring import scenarios
 from genexflow.monitoring.check import drift_check, resolve_reference
 from genexflow.monitoring.metrics import serve_metrics
 from genexflow.monitoring.policy import DriftPolicy
 from genexflow.monitoring.profile import build_reference_profile
-from prometheus_client.parser import text_string_to_metric_families
-
-from genexflow.errors import InputError
 from genexflow.simulate import simulate_cohort
 
 FAST = dict(feature_groups=("qc", "pca"), max_pathways=3)  # Evidently on ~17 columns keeps the tests quick

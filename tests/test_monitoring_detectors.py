@@ -7,6 +7,9 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+
+from genexflow.cohort import Cohort
+from genexflow.errors import InputError, NotFittedError
 from genexflow.monitoring import scenarios
 from genexflow.monitoring.detectors import (
     CovariateShiftDetector,
@@ -17,9 +20,6 @@ from genexflow.monitoring.detectors import (
     UnseenBatchDetector,
 )
 from genexflow.monitoring.profile import build_reference_profile
-
-from genexflow.cohort import Cohort
-from genexflow.errors import InputError, NotFittedError
 from genexflow.simulate import simulate_cohort
 
 ALL = [GeneDriftDetector, FeatureDriftDetector, UnseenBatchDetector, CovariateShiftDetector,

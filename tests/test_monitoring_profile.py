@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from genexflow.monitoring import _kernels as K
-from genexflow.monitoring.detectors import GeneDriftDetector
-from genexflow.monitoring.profile import ReferenceProfile, build_reference_profile, prediction_frame
 from scipy import stats
 
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.monitoring import _kernels as K
+from genexflow.monitoring.detectors import GeneDriftDetector
+from genexflow.monitoring.profile import ReferenceProfile, build_reference_profile, prediction_frame
 from genexflow.simulate import simulate_cohort
 
 

@@ -7,10 +7,10 @@ import multiprocessing as mp
 import time
 
 import pytest
-from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy, Reason
-from genexflow.monitoring.trigger import build_retrain_request, training_package, trigger_retrain
 
 from genexflow.errors import InputError
+from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy, Reason
+from genexflow.monitoring.trigger import build_retrain_request, training_package, trigger_retrain
 
 
 def _decision(drift: bool = True) -> DriftDecision:
@@ -25,6 +25,7 @@ ARGS = {"expression_uri": "/data/new/expression.parquet", "samples_uri": "/data/
 
 def test_kfp_request_body_is_a_v2beta1_run_of_the_training_pipeline():
     import kfp_server_api
+
     from genexflow.pipelines.submit import request_json
 
     body = build_retrain_request(_decision(), ARGS, experiment_id="exp-1")
@@ -108,7 +109,6 @@ def test_drift_starts_a_real_local_training_run(tmp_path):
     from genexflow.monitoring.check import drift_check, record_trigger
     from genexflow.monitoring.profile import build_reference_profile
     from genexflow.pipelines.workspace import Workspace, training_arguments
-
     from genexflow.simulate import simulate_cohort
 
     cohort, truth = simulate_cohort(n_samples=140, n_genes=120, n_batches=3, seed=1,
