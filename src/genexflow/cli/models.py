@@ -79,9 +79,13 @@ def models_gate(
         d = _registry(tracking_uri).gate(name, cohort, challenger=version,
                                          policy=GatePolicy(metric, margin, baseline_margin),
                                          data_description=str(heldout))
-    colour = "green" if d.passed else "red"
-    console.print(f"[{colour}]{'PASS' if d.passed else 'FAIL'}[/] v{d.challenger_version}: {d.reason}")
-    if not d.passed:
+    _verdict(d.passed, f"v{d.challenger_version}: {d.reason}")
+
+
+def _verdict(passed: bool, text: str) -> None:
+    """Print PASS/FAIL with the reason; exit 1 on FAIL so schedulers can act on it."""
+    console.print(f"[{'green' if passed else 'red'}]{'PASS' if passed else 'FAIL'}[/] {text}")
+    if not passed:
         raise typer.Exit(1)
 
 
@@ -104,9 +108,7 @@ def models_validate(
         r = validate_registered(_registry(tracking_uri), name, version, url=url, grpc_url=grpc_url,
                                 repository=repository,
                                 cohort=cohort, atol=atol)
-    console.print(f"[{'green' if r.passed else 'red'}]{'PASS' if r.passed else 'FAIL'}[/] {r.reason}")
-    if not r.passed:
-        raise typer.Exit(1)
+    _verdict(r.passed, r.reason)
 
 
 @models_app.command("promote")
