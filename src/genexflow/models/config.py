@@ -44,6 +44,17 @@ class PathwayNetConfig:
         Autoencoder branch: deterministic or variational, hidden width, latent size, loss weights.
     head_hidden, head_dropout
         Head: Dense -> ``head_hidden`` -> GELU -> Dropout(``head_dropout``) -> K.
+    gene_linear, gene_l1, gene_l2
+        Wide path: a linear map from every input gene straight to the K outputs, added to the head's
+        logits ("wide & deep"). Signals carried by a few genes (chrY / XIST for sex, a handful of marker
+        genes) survive it even when pathway pooling averages them away. ``gene_l1`` / ``gene_l2`` penalize
+        its weights in the loss (sum |w| and sum w^2, per output), so it behaves like an elastic-net
+        logistic (or linear) model trained jointly with the deep branches.
+    pathway_interactions : int
+        Rank r of a factorization-machine term over pathway scores (0 disables it): logit_k +=
+        sum_{j<l} <v_kj, v_kl> s_j s_l, with s the pathway scores from a learned member-gene pooling. It
+        models pathway crosstalk (one program's effect depending on another's state, e.g. an XOR of two
+        pathway activities) with P·r·K parameters and two thin matrix products.
     """
 
     n_genes: int
@@ -78,6 +89,12 @@ class PathwayNetConfig:
     # head
     head_hidden: int = 128
     head_dropout: float = 0.3
+    # wide (gene-level linear) path
+    gene_linear: bool = True
+    gene_l1: float = 0.0
+    gene_l2: float = 0.0
+    # pathway crosstalk (factorization machine over pathway scores)
+    pathway_interactions: int = 4
 
     def __post_init__(self) -> None:
         self.readout_dims = tuple(int(d) for d in self.readout_dims)
@@ -95,8 +112,14 @@ class PathwayNetConfig:
             raise InputError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.use_gcn and not 1 <= self.gcn_layers <= 6:
             raise InputError(f"gcn_layers must be in 1..6, got {self.gcn_layers}")
-        if not (self.use_gcn or self.use_transformer or self.use_autoencoder or self.n_covariates):
-            raise InputError("enable at least one branch (GCN, transformer or autoencoder)")
+        if not (self.use_gcn or self.use_transformer or self.use_autoencoder or self.n_covariates
+                or self.gene_linear or self.pathway_interactions):
+            raise InputError("enable at least one branch (GCN, transformer, autoencoder, gene_linear or "
+                             "pathway_interactions)")
+        if self.pathway_interactions < 0:
+            raise InputError(f"pathway_interactions must be >= 0, got {self.pathway_interactions}")
+        if self.gene_l1 < 0 or self.gene_l2 < 0:
+            raise InputError(f"gene_l1 and gene_l2 must be >= 0, got {self.gene_l1}, {self.gene_l2}")
         for name in ("gcn_dropout", "attn_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")

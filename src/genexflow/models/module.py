@@ -168,6 +168,18 @@ class PathwayNet(nn.Module):
         )
         self.head = nn.Sequential(nn.Linear(head_in, c.head_hidden), nn.GELU(), FastDropout(c.head_dropout),
                                   nn.Linear(c.head_hidden, c.n_outputs))
+        if c.pathway_interactions:
+            # Signed per-member gene weights (a pathway-masked linear encoder, as in P-NET), starting at
+            # the members' mean: the pathway score.
+            size = np.maximum(M.sum(0, keepdims=True), 1.0)
+            self.fm_gene_weights = nn.Parameter(torch.as_tensor(M / size))
+            self.fm_factors = nn.Parameter(torch.randn(c.n_pathways, c.n_outputs * c.pathway_interactions) * 0.1)
+        if c.gene_linear:
+            # Wide path, zero-initialized; the trainer can start it from a penalized GLM fitted on the
+            # training rows (see genexflow.training.wide) and then learns the deep residual on top.
+            self.wide = nn.Linear(c.n_genes, c.n_outputs)
+            nn.init.zeros_(self.wide.weight)
+            nn.init.zeros_(self.wide.bias)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -245,8 +257,23 @@ class PathwayNet(nn.Module):
             if covariates is None:
                 raise InputError(f"the model expects {c.n_covariates} covariates; pass covariates (B, C)")
             parts.append(covariates)
-        logits = self.head(torch.cat(parts, dim=1))
+        if parts:
+            logits = self.head(torch.cat(parts, dim=1))
+        else:  # only the wide and/or crosstalk paths are enabled
+            logits = expression.new_zeros(expression.shape[0], c.n_outputs) + self.head[-1].bias
+        if c.pathway_interactions:
+            logits = logits + self.crosstalk(x3)
+        if c.gene_linear:
+            logits = logits + self.wide(expression)
         return PathwayNetOutput(logits, reconstruction, latent, logvar, attention)
+
+    def crosstalk(self, x3: Tensor) -> Tensor:
+        """Factorization-machine logits over pathway scores: 0.5 Σ_f [(s V_f)² − s² V_f²], per output (B, K)."""
+        c = self.config
+        s = x3.squeeze(1) @ (self.fm_gene_weights * self.membership)  # (B, P)
+        V = self.fm_factors
+        quad = (s @ V).pow(2) - s.pow(2) @ V.pow(2)  # (B, K·r)
+        return 0.5 * quad.reshape(-1, c.n_outputs, c.pathway_interactions).sum(-1)
 
     # ------------------------------------------------------------------ loss and readouts
     def loss(self, output: PathwayNetOutput, expression: Tensor, target: Tensor,
@@ -272,6 +299,9 @@ class PathwayNet(nn.Module):
         if output.logvar is not None:
             kl = (-0.5 * (1 + output.logvar - output.latent.pow(2) - output.logvar.exp()).sum(1)).mean()
         total = pred + c.recon_weight * rec + c.kl_weight * kl
+        if c.gene_linear and (c.gene_l1 or c.gene_l2):
+            w = self.wide.weight
+            total = total + c.gene_l1 * w.abs().sum() + c.gene_l2 * w.pow(2).sum()
         metrics = {"loss": float(total.detach()), "prediction_loss": float(pred.detach()),
                    "reconstruction_loss": float(rec.detach()), "kl": float(kl.detach())}
         if c.task == "classification":

@@ -83,7 +83,7 @@ def make_baseline(name: str, task: str, seed: int = 0, gene_sets: Mapping[str, S
         if name == "ridge":
             return RidgeCV(alphas=np.logspace(-2, 4, 13))
         if name == "elasticnet":
-            return ElasticNetCV(l1_ratio=0.5, n_alphas=30, cv=3, max_iter=5000, random_state=seed)
+            return ElasticNetCV(l1_ratio=0.5, alphas=30, cv=3, max_iter=5000, random_state=seed)
         if name == "hist_gb":
             return HistGradientBoostingRegressor(max_iter=150, learning_rate=0.1, early_stopping=False,
                                                  random_state=seed)

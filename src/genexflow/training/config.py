@@ -85,6 +85,12 @@ class TrainConfig:
         Shipped collection (``kegg``, ``go_bp``, ``progeny``) or a GMT path for the priors.
     gene_set_min_size : int
         Sets with fewer members among the kept genes are dropped.
+    wide_init : {"auto", "l2", "elasticnet", "none"}
+        How the model's wide (gene-level linear) path starts when the model has one
+        (``model.gene_linear``): from a penalized GLM fitted on the training rows, with the deep branches
+        learning the residual (see :mod:`genexflow.training.wide`), or from zeros (``"none"``).
+    wide_trainable : bool
+        Keep training the GLM-initialized wide path with the network (default: frozen).
     """
 
     task: str = "classification"
@@ -113,6 +119,8 @@ class TrainConfig:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     gene_sets: str = "kegg"
     gene_set_min_size: int = 5
+    wide_init: str = "auto"
+    wide_trainable: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +144,8 @@ class TrainConfig:
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.noise_std >= 0, "noise_std must be >= 0"),
             (0 <= self.gene_dropout < 1, "gene_dropout must be in [0, 1)"),
+            (self.wide_init in ("auto", "l2", "elasticnet", "none"),
+             f"wide_init must be auto, l2, elasticnet or none, not {self.wide_init!r}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -194,7 +194,19 @@ def train_deep(fold: PreparedFold, cfg: TrainConfig, n_outputs: int,
                                        stratify=cfg.task == "classification")
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(fold.priors, fold.train.covariates.shape[1], n_outputs, cfg)
-    res = Trainer(cfg, callbacks).fit(module, fold.train.take(fit_idx), fold.train.take(val_idx))
+    fit = fold.train.take(fit_idx)
+    started = False
+    if getattr(module, "wide", None) is not None and cfg.wide_init != "none":
+        from genexflow.training.wide import init_wide
+
+        # The GLM sees every training row of the fold, the early-stopping rows included: on cohorts of
+        # tens of samples those rows are worth more to it than an unbiased start score. The start's
+        # validation loss is then optimistic, so the deep branches have to beat the GLM clearly to be kept.
+        y = fold.train.y
+        if cfg.task == "regression":  # in the trainer's units: standardized by the fit rows' mean and SD
+            y = (y - np.mean(fit.y)) / (np.std(fit.y) or 1.0)
+        started = init_wide(module, fold.train.X, y, cfg.task, cfg.wide_init, cfg.seed, cfg.wide_trainable)
+    res = Trainer(cfg, callbacks).fit(module, fit, fold.train.take(val_idx), start_is_candidate=started)
     fold_target_scaling(res)
     return res
 
@@ -213,6 +225,10 @@ def fold_target_scaling(res: TrainResult) -> None:
     with torch.no_grad():
         last.weight.mul_(res.target_std)
         last.bias.mul_(res.target_std).add_(res.target_mean)
+        wide = getattr(res.module, "wide", None)
+        if isinstance(wide, torch.nn.Linear):
+            wide.weight.mul_(res.target_std)
+            wide.bias.mul_(res.target_std)
     res.target_mean, res.target_std = 0.0, 1.0
 
 

@@ -302,8 +302,12 @@ class Trainer:
         self.callbacks = list(callbacks)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, module, train: TensorData, val: TensorData | None = None) -> TrainResult:
+    def fit(self, module, train: TensorData, val: TensorData | None = None,
+            start_is_candidate: bool = False) -> TrainResult:
         """Train ``module`` on ``train``; early-stop on ``val`` loss (or train loss when ``val`` is None).
+
+        With ``start_is_candidate`` the untrained starting point (e.g. a GLM-initialized wide path) is
+        scored first and kept when no epoch beats it (``best_epoch`` is then -1).
 
         Returns the module on the training device, in eval mode, with the best weights restored.
         """
@@ -356,7 +360,8 @@ class Trainer:
             # branches that skips some must disable them in its config rather than leave them unused.
             model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
-        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
         n = len(train)
         steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch,
@@ -367,6 +372,16 @@ class Trainer:
         best_state = copy.deepcopy(module.state_dict())
         bad = 0
         step = 0
+        if start_is_candidate:
+            if val_t is not None:
+                start = self._validate(module, val_t, val, class_w, t_mean, t_std)["val_loss"]
+            else:
+                module.eval()
+                with torch.no_grad():
+                    out = call_module(module, xt, ct)
+                    start = module_loss(module, out, xt, yt, cfg.task, cfg.recon_weight, class_w).metrics[
+                        "prediction_loss"]
+            best = (start, -1)
         world, rank = dist_info.world_size, dist_info.rank
         for epoch in range(cfg.epochs):
             model.train()
