@@ -2,7 +2,8 @@
 
 This is the Combined Actuarial Neural Network construction (Wüthrich & Merz 2019, "Editorial: Yes, we
 CANN!", ASTIN Bulletin 49(1)): the GLM is nested in the network as a skip connection, the network's own
-output layer starts at zero, so training begins exactly at the GLM's predictions and the deep branches
+output layer starts at zero, so training begins at the GLM's predictions (exactly, up to the small random
+start of the pathway-crosstalk factors, which need it to break their symmetry) and the deep branches
 (GCN, pathway transformer, autoencoder latent) only have to explain what the GLM leaves over. Early
 stopping keeps the starting point when no epoch improves the validation loss, so on cohorts too small for
 the deep branches to add anything the model is the GLM, and where pathway interactions matter the deep
