@@ -54,6 +54,8 @@ def test_real_samples_onnx_equals_python_pipeline(bladder_bundle, tmp_path):
     assert diff <= 1e-4, diff
     assert [i.name for i in art.inputs] == ["expression", "batch_index"]  # no covariates in this model
     assert art.inputs[0].shape == [-1, len(art.info.input_genes)]
+    # Triton needs every non-batch dimension fixed (the crosstalk term once lost K in a reshape).
+    assert art.outputs[0].shape == [-1, len(art.info.class_names)]
     side = json.loads(art.sidecar_path.read_text())
     assert side["bundle"]["batch_levels"] == sorted(map(str, c.samples["batch"].unique()))
     assert "combat" in side["preprocessing"]["pipeline"]
