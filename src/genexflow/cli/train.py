@@ -39,6 +39,9 @@ def train(
     gene_sets: str = typer.Option(None, "--gene-sets", help="kegg, go_bp, progeny or a GMT path [default: kegg]."),
     seed: int = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+    wide_init: str = typer.Option(None, "--wide-init", help="Start the wide gene-level path from a GLM fitted on "
+                                                            "the training rows: auto, l2, elasticnet, or none "
+                                                            "(train it from zeros) [default: auto]."),
     preset: str = typer.Option(None, "--preset", help="Model size: tiny, small or default [default: default]."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
     set_: list[str] = typer.Option(None, "--set", help="Override KEY=VALUE (repeatable), e.g. model.d_model=32, "
@@ -70,7 +73,7 @@ def train(
     cfg = build_config(
         config, overrides, task=task, label=label, batch_column=batch_column,
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,
-        seed=seed, device=device, combat=False if no_combat else None,
+        seed=seed, device=device, combat=False if no_combat else None, wide_init=wide_init,
     )
     dist = init_distributed(cfg.device)  # torchrun (PyTorchJob): join the process group; no-op otherwise
     _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,

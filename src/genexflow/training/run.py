@@ -143,6 +143,10 @@ def train_and_track(
                                        "metric": hpo.metric}
         tracker.log_metrics({"final_best_epoch": model.info.extra["best_epoch"],
                              "final_best_val_loss": min(h.get("val_loss", np.inf) for h in model.history)})
+        if model.info.extra["best_epoch"] == -1:
+            # The GLM-started wide path was never beaten on the validation rows: say so, it is the model.
+            stage("note: no epoch beat the GLM start (wide path); the final model is the GLM plus a zero residual")
+            tracker.set_tags({"genexflow.glm_start_kept": "true"})
         tracker.log_preprocessing(model.preprocessing)
         log_final_plots(tracker, model, cohort)
 
