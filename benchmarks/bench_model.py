@@ -199,7 +199,7 @@ def child(spec: dict) -> dict:
     genes, sets = (go_problem if spec["problem"] == "go" else kegg_problem)(spec["G"], spec["P"])
     B = spec["batch"]
     if spec["impl"] == "ours":
-        net, pri = build_ours(genes, sets, use_transformer=spec.get("transformer", True))
+        net, pri = build_ours(genes, sets, use_transformer=spec.get("transformer", True), **spec.get("config", {}))
         step = train_step_fn(net, "ours", B, len(genes))
     else:
         from genexflow.priors import comembership_graph
@@ -286,6 +286,9 @@ def section_memory(args):
     rows.append(("PathwayNet (full), batch 32", run_child({**base, "impl": "ours", "batch": 32}), 32))
     rows.append(("PathwayNet (full), batch 32, MALLOC_MMAP_THRESHOLD_=1MB",
                  run_child({**base, "impl": "ours", "batch": 32}, env={"MALLOC_MMAP_THRESHOLD_": str(2**20)}), 32))
+    rows.append(("PathwayNet (full, without crosstalk and wide path), batch 32",
+                 run_child({**base, "impl": "ours", "batch": 32,
+                            "config": {"pathway_interactions": 0, "gene_linear": False}}), 32))
     rows.append(("PathwayNet (no transformer), batch 32", run_child({**base, "impl": "ours", "batch": 32,
                                                                        "transformer": False}), 32))
     for b in (1, 2):

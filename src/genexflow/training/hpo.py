@@ -35,6 +35,7 @@ DEFAULT_SPACE: dict[str, tuple] = {
     "model.transformer_layers": ("int", 1, 2),
     "model.gcn_layers": ("int", 1, 3),
     "model.latent_dim": ("categorical", [8, 16, 32]),
+    "model.pathway_interactions": ("categorical", [0, 2, 4, 8]),
 }
 
 #: Grid used when ``sampler="grid"`` and no grid is given.
