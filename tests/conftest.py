@@ -24,3 +24,15 @@ def shared_data() -> Path:
 def _quiet_threads(monkeypatch):
     # Tests run on 2-core machines; keep BLAS and torch from oversubscribing.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small models on a shared 2-core box: one intra-op thread is several times faster than two fighting
+    for the cores. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ SMALL = dict(gcn_dim=4, d_model=16, n_heads=2, ff_dim=32, readout_dims=(64, 32),
              head_hidden=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small models on a shared 2-core box: one intra-op thread is much faster than two fighting for cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(path, x, c):

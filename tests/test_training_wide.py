@@ -21,13 +21,7 @@ from genexflow.models import PathwayNet, PathwayNetConfig
 from genexflow.training.config import MODEL_PRESETS, TrainConfig
 from genexflow.training.wide import fit_glm, init_wide
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _softmax(z):
