@@ -174,6 +174,9 @@ class PathwayNet(nn.Module):
             size = np.maximum(M.sum(0, keepdims=True), 1.0)
             self.fm_gene_weights = nn.Parameter(torch.as_tensor(M / size))
             self.fm_factors = nn.Parameter(torch.randn(c.n_pathways, c.n_outputs * c.pathway_interactions) * 0.1)
+            # ReZero-style gate: the term starts at exactly 0 (so a GLM start is exact) yet learns, since the
+            # gate's gradient is the (random-factor) term itself.
+            self.fm_gate = nn.Parameter(torch.zeros(()))
             # Sums each output's r factor products: a constant (K·r, K) matmul keeps every ONNX shape static.
             self.register_buffer("fm_sum", torch.repeat_interleave(torch.eye(c.n_outputs), c.pathway_interactions, 0),
                                  persistent=False)
@@ -271,11 +274,12 @@ class PathwayNet(nn.Module):
         return PathwayNetOutput(logits, reconstruction, latent, logvar, attention)
 
     def crosstalk(self, x3: Tensor) -> Tensor:
-        """Factorization-machine logits over pathway scores: 0.5 Σ_f [(s V_f)² − s² V_f²], per output (B, K)."""
+        """Factorization-machine logits over pathway scores: γ/2 Σ_f [(s V_f)² − s² V_f²], per output (B, K);
+        γ is a learned gate that starts at 0."""
         s = x3.squeeze(1) @ (self.fm_gene_weights * self.membership)  # (B, P)
         V = self.fm_factors
         quad = (s @ V).pow(2) - s.pow(2) @ V.pow(2)  # (B, K·r), output-major
-        return 0.5 * (quad @ self.fm_sum)
+        return (0.5 * self.fm_gate) * (quad @ self.fm_sum)
 
     # ------------------------------------------------------------------ loss and readouts
     def loss(self, output: PathwayNetOutput, expression: Tensor, target: Tensor,
