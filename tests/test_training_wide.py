@@ -189,6 +189,12 @@ def test_crosstalk_learns_a_pathway_xor_a_linear_model_cannot():
     acc = (predict_module(res.module, data.take(te), "classification")["proba"].argmax(1) == y[te]).mean()
     assert lin < 0.62, lin
     assert acc > 0.8, (acc, lin)
+    # the interpretation names the interacting pair
+    from genexflow.training.interpret import pathway_crosstalk
+
+    per, pairs = pathway_crosstalk(res.module, data.take(tr), [f"p{k}" for k in range(P)])
+    assert set(pairs.iloc[0][["pathway_a", "pathway_b"]]) == {"p0", "p1"}
+    assert set(np.argsort(-per)[:2]) == {0, 1}
 
 
 def test_sparse_chrY_signal_on_shipped_geuvadis():

@@ -151,6 +151,35 @@ def pathway_attention(module, data: TensorData) -> np.ndarray | None:
     return out.get("attention")
 
 
+def pathway_crosstalk(module, data: TensorData, pathways: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame] | None:
+    """Interaction strength of the model's pathway-crosstalk term, or None when it has none.
+
+    With pathway scores ``s = x (M ⊙ W_s)`` and factors ``V`` (P, K, r) behind gate γ, the term adds
+    ``γ <v_kj, v_kl> s_j s_l`` to logit k. Returns per pathway ``|γ| · ||V_j|| · sd(s_j)`` (P,) and the
+    pairs ranked by ``|γ| · sqrt(Σ_k <v_kj, v_kl>²) · sd(s_j) · sd(s_l)``: ``pathway_a, pathway_b, strength``.
+    """
+    import torch
+
+    V = getattr(module, "fm_factors", None)
+    if V is None or not len(pathways):
+        return None
+    c = module.config
+    with torch.no_grad():
+        Ws = (module.fm_gene_weights * module.membership).cpu().numpy().astype(np.float64)
+        Vn = V.detach().cpu().numpy().astype(np.float64).reshape(c.n_pathways, c.n_outputs, c.pathway_interactions)
+        gate = abs(float(module.fm_gate)) if hasattr(module, "fm_gate") else 1.0
+    sd = (np.asarray(data.X, np.float64) @ Ws).std(0)
+    per = gate * np.sqrt((Vn ** 2).sum((1, 2))) * sd
+    inner = np.einsum("jkr,lkr->jlk", Vn, Vn)  # <v_kj, v_kl> per output
+    pair = gate * np.sqrt((inner ** 2).sum(-1)) * np.outer(sd, sd)
+    j, l_ = np.triu_indices(len(sd), k=1)
+    order = np.argsort(-pair[j, l_], kind="stable")[:50]
+    names = np.asarray(pathways, dtype=object)
+    pairs = pd.DataFrame({"pathway_a": names[j[order]], "pathway_b": names[l_[order]],
+                          "strength": pair[j, l_][order]})
+    return per, pairs
+
+
 def _is_clf(module) -> bool:
     return getattr(getattr(module, "config", None), "task", "classification") == "classification"
 
@@ -221,6 +250,9 @@ class Explanation:
         Raw per-sample attributions by method.
     sample_ids : list of str
         Explained samples.
+    crosstalk_pairs : DataFrame
+        Strongest pathway pairs of the crosstalk term (``pathway_a, pathway_b, strength``; empty without
+        one); the per-pathway strength is the ``crosstalk`` column of ``pathways``.
     """
 
     genes: pd.DataFrame
@@ -229,6 +261,7 @@ class Explanation:
     attributions: dict[str, np.ndarray] = field(default_factory=dict)
     sample_ids: list[str] = field(default_factory=list)
     primary: str = "integrated_gradients"
+    crosstalk_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def top_genes(self, k: int = 20) -> pd.DataFrame:
         return self.genes.head(k)
@@ -301,6 +334,7 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
         gene_df = gene_df.sort_values(primary, ascending=False)
         gene_df["rank"] = np.arange(1, len(gene_df) + 1)
     pw = pd.DataFrame(index=pd.Index(pathways, name="pathway"))
+    ct = None
     if len(pathways):
         pw["n_genes"] = M.sum(0).astype(int)
         for m, a in attrs.items():
@@ -309,6 +343,9 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
             att = pathway_attention(module, sub)
             if att is not None and att.shape[1] == len(pathways):
                 pw["attention"] = att.mean(0)
+        ct = pathway_crosstalk(module, sub, pathways)
+        if ct is not None:
+            pw["crosstalk"], pairs = ct
         order = primary or ("attention" if "attention" in pw else None)
         if order:
             pw = pw.sort_values(order, ascending=False)
@@ -319,4 +356,5 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
         # -log10 p as a ranking column: robust to small sets nested in an informative one, which the
         # mean-|attribution| ranking favours.
         pw["enrichment"] = -np.log10(enr["p_value"].reindex(pw.index).fillna(1.0).clip(lower=1e-300))
-    return Explanation(gene_df, pw, enr, attrs, [ids[i] for i in pick], primary or "attention")
+    return Explanation(gene_df, pw, enr, attrs, [ids[i] for i in pick], primary or "attention",
+                       pairs if len(pathways) and ct is not None else pd.DataFrame())

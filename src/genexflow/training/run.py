@@ -285,12 +285,14 @@ def log_explanation(tracker: Any, ex: Any, cohort: Cohort) -> None:
     tracker.log_table(ex.pathways, "interpretability/pathways")
     if len(ex.enrichment):
         tracker.log_table(ex.enrichment.head(100), "interpretability/enrichment")
+    if len(ex.crosstalk_pairs):
+        tracker.log_table(ex.crosstalk_pairs, "interpretability/crosstalk_pairs")
     if not getattr(tracker, "active", False):
         return
     if ex.primary in ex.genes:
         tracker.log_figure(plots.top_bar(ex.genes[ex.primary], f"top genes ({ex.primary})"),
                            "plots/top_genes.png")
-    for col in [c for c in ("attention", ex.primary, "enrichment") if c in ex.pathways]:
+    for col in [c for c in ("attention", ex.primary, "enrichment", "crosstalk") if c in ex.pathways]:
         tracker.log_figure(plots.top_bar(ex.pathways[col], f"top pathways ({col})",
                                          xlabel=col if col != ex.primary else "mean |attribution|"),
                            f"plots/top_pathways_{col}.png")
@@ -298,7 +300,7 @@ def log_explanation(tracker: Any, ex: Any, cohort: Cohort) -> None:
         planted = list(cohort.meta.get("informative_pathways", []))
         if planted:
             vals = {f"precision_at_{len(planted)}_{c}": ex.precision_at_k(planted, by=c)
-                    for c in ("attention", ex.primary, "enrichment") if c in ex.pathways}
+                    for c in ("attention", ex.primary, "enrichment", "crosstalk") if c in ex.pathways}
             tracker.log_metrics(vals)
 
 
