@@ -40,7 +40,6 @@ import numpy as np
 from genexflow.errors import InputError
 
 WIDE_INITS = ("auto", "l2", "elasticnet", "none")
-_CS = np.logspace(-3, 1, 5)
 
 
 def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: int = 0,
@@ -65,21 +64,25 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
         ``X @ W.T + b`` are the GLM's logits (softmax gives its probabilities exactly; for two classes the
         binary logit z is split as -z/2, +z/2) or its regression predictions (K = 1).
     """
-    from sklearn.linear_model import ElasticNetCV, LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import ElasticNetCV
     from sklearn.model_selection import StratifiedKFold
+
+    from genexflow.training.baselines import make_baseline
 
     if kind not in WIDE_INITS or kind == "none":
         raise InputError(f"wide_init must be one of {', '.join(WIDE_INITS[:-1])} to fit a GLM, got {kind!r}")
     X = np.asarray(X, np.float64)
     G = X.shape[1]
+    clf = task == "classification"
+    # The same estimators as the baselines of those names (one definition of each penalized GLM).
+    names = {"l2": ["logreg_l2" if clf else "ridge"], "elasticnet": ["elasticnet"],
+             "auto": ["logreg_l2", "elasticnet"] if clf else []}[kind]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on tiny folds is not actionable
-        if task != "classification":
-            if kind == "l2":
-                est = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(X, y)
-            else:
-                ratios = [0.5] if kind == "elasticnet" else [0.1, 0.5, 0.9]
-                est = ElasticNetCV(l1_ratio=ratios, alphas=30, cv=3, max_iter=5000, random_state=seed).fit(X, y)
+        if not clf:
+            est = (make_baseline(names[0], task, seed) if names else
+                   ElasticNetCV(l1_ratio=[0.1, 0.5, 0.9], alphas=30, cv=3, max_iter=5000, random_state=seed))
+            est.fit(X, y)
             return (np.asarray(est.coef_, np.float32).reshape(1, G),
                     np.asarray([est.intercept_], np.float32).reshape(1))
         y = np.asarray(y, np.int64)
@@ -87,14 +90,7 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
         present = np.unique(y)
         min_class = int(np.bincount(y)[present].min())
         cv = StratifiedKFold(max(2, min(3, min_class)), shuffle=True, random_state=seed)
-        fits = []
-        if kind in ("l2", "auto"):
-            fits.append(LogisticRegressionCV(Cs=_CS, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=3000,
-                                             tol=1e-3, cv=cv, use_legacy_attributes=False).fit(X, y))
-        if kind in ("elasticnet", "auto"):
-            fits.append(LogisticRegressionCV(Cs=[0.05, 0.5, 5.0], l1_ratios=(0.5,), solver="saga",
-                                             scoring="neg_log_loss", max_iter=2000, tol=1e-3, cv=cv,
-                                             random_state=seed, use_legacy_attributes=False).fit(X, y))
+        fits = [make_baseline(n, task, seed).set_params(cv=cv).fit(X, y) for n in names]
         # auto: the family with the better inner-CV log-loss at its best strength (same folds for both)
         est = max(fits, key=lambda e: float(np.asarray(e.scores_).mean(0).max()))
     coef = np.asarray(est.coef_, np.float64)
