@@ -207,3 +207,15 @@ def test_sparse_chrY_signal_on_shipped_geuvadis():
     s = res.summary(["balanced_accuracy"])["balanced_accuracy_mean"]
     assert s["pathwaynet"] > 0.9
     assert s["pathwaynet"] >= s["elasticnet"] - 0.05
+
+
+def test_models_saved_before_the_wide_path_still_load(tmp_path):
+    net, _ = _net(gene_linear=False, pathway_interactions=0)
+    blob = {"config": net.config.to_dict(), "state_dict": net.state_dict()}
+    for key in ("gene_linear", "gene_l1", "gene_l2", "pathway_interactions"):
+        blob["config"].pop(key)  # what an older genexflow wrote
+    torch.save(blob, tmp_path / "old.pt")
+    old = PathwayNet.load(tmp_path / "old.pt").eval()
+    assert not hasattr(old, "wide") and not hasattr(old, "fm_factors")
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(old(x).logits, net(x).logits)

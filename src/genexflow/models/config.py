@@ -131,6 +131,8 @@ class PathwayNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PathwayNetConfig:
+        # Configs saved before the wide path and the crosstalk term existed had neither: rebuild them so.
+        d = {"gene_linear": False, "pathway_interactions": 0, **d}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
