@@ -65,9 +65,8 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
         binary logit z is split as -z/2, +z/2) or its regression predictions (K = 1).
     """
     from sklearn.linear_model import ElasticNetCV
-    from sklearn.model_selection import StratifiedKFold
 
-    from genexflow.training.baselines import make_baseline
+    from genexflow.training.baselines import _inner_cv, make_baseline
 
     if kind not in WIDE_INITS or kind == "none":
         raise InputError(f"wide_init must be one of {', '.join(WIDE_INITS[:-1])} to fit a GLM, got {kind!r}")
@@ -87,9 +86,7 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
                     np.asarray([est.intercept_], np.float32).reshape(1))
         y = np.asarray(y, np.int64)
         k = int(n_outputs or y.max() + 1)
-        present = np.unique(y)
-        min_class = int(np.bincount(y)[present].min())
-        cv = StratifiedKFold(max(2, min(3, min_class)), shuffle=True, random_state=seed)
+        cv = _inner_cv(y, seed, task)  # the baselines' inner folds, shared by both families
         fits = [make_baseline(n, task, seed).set_params(cv=cv).fit(X, y) for n in names]
         # auto: the family with the better inner-CV log-loss at its best strength (same folds for both)
         est = max(fits, key=lambda e: float(np.asarray(e.scores_).mean(0).max()))
