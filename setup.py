@@ -1,12 +1,12 @@
 """Map the top-level layout folders into the ``genexflow`` import package.
 
-``components/``, ``pipelines/``, ``serving/`` and ``monitoring/`` live at the repository top level (see
+``cli/``, ``components/``, ``pipelines/``, ``serving/`` and ``monitoring/`` live at the repository top level (see
 DESIGN.md) but install as ``genexflow.components`` etc., so they work from a wheel, not only a checkout.
 """
 
 from setuptools import find_packages, setup
 
-MAPPED = ("components", "pipelines", "serving", "monitoring")
+MAPPED = ("cli", "components", "pipelines", "serving", "monitoring")
 
 package_dir = {"genexflow": "src/genexflow"}
 packages = find_packages("src")

@@ -16,6 +16,7 @@ COPY constraints.txt ./
 RUN pip install --no-cache-dir --only-binary=:all: --index-url "${TORCH_INDEX_URL}" "torch==2.13.0+cpu"
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
+COPY cli ./cli
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving

@@ -17,6 +17,7 @@ RUN grep -v '^torch==' constraints.txt > constraints-cuda.txt \
     && pip install --no-cache-dir --only-binary=:all: "torch==2.13.0"
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
+COPY cli ./cli
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
