@@ -227,3 +227,103 @@ def _num(s: str) -> Any:
         except ValueError:
             pass
     return s
+
+
+@dataclass
+class NestedCVResult:
+    """Outcome of :func:`nested_cv`: the outer folds' scores and each outer fold's own search.
+
+    Attributes
+    ----------
+    cv : CVResult
+        Outer-fold metrics and out-of-fold predictions of the tuned deep model (and the baselines on the
+        same outer folds): the score no search ever saw.
+    best_params : list of dict
+        Per outer fold, the configuration its inner search picked (in ``cv.folds`` split order).
+    inner_best : list of float
+        Per outer fold, the inner search's best value (optimistic: compare with ``cv``'s to see how much
+        the search overfits).
+    searched : list of ndarray
+        Per outer fold, the sample IDs its search was run on (the outer training rows).
+    """
+
+    cv: Any
+    best_params: list[dict[str, Any]]
+    inner_best: list[float]
+    searched: list[np.ndarray]
+
+    def optimism(self, metric: str | None = None) -> float:
+        """Mean inner best value minus the outer-fold mean of the deep model (positive = optimistic)."""
+        from genexflow.training.cv import DEEP
+
+        metric = metric or ("balanced_accuracy" if self.cv.task == "classification" else "r2")
+        outer = self.cv.folds.loc[self.cv.folds["model"] == DEEP, metric]
+        return float(np.mean(self.inner_best) - outer.mean())
+
+
+def nested_cv(
+    cohort: Cohort,
+    cfg: TrainConfig,
+    n_trials: int = 10,
+    split: str = "stratified",
+    n_splits: int = 5,
+    n_repeats: int = 1,
+    inner_splits: int = 3,
+    baselines: Sequence[str] | str | None = None,
+    sampler: str = "tpe",
+    space: Mapping[str, Any] | None = None,
+    metric: str | None = None,
+    tracker: Any = None,
+    timeout: float | None = None,
+    on_fold: Callable[[Any, str, dict[str, float]], None] | None = None,
+) -> NestedCVResult:
+    """Nested cross-validation: an Optuna search inside every outer training fold, scored on the outer test.
+
+    For each outer split, :func:`run_hpo` searches on the outer training rows only (its own inner
+    ``inner_splits``-fold CV); the best configuration is then trained on the whole outer training fold
+    and scored on the outer test rows, which neither the search nor the early stopping ever saw. The
+    baselines (their own inner-CV penalties) run on the same outer folds. The reported score therefore
+    never saw the data it was tuned on (Varma & Simon 2006; Cawley & Talbot 2010).
+
+    Parameters
+    ----------
+    cohort, cfg : as in :func:`run_hpo`
+    n_trials : int
+        Trials per outer fold.
+    split, n_splits, n_repeats : the outer splits (as :func:`genexflow.training.cv.cross_validate`)
+    inner_splits : int
+        Folds of each inner search.
+    baselines : baselines on the outer folds (``[]`` for none)
+    tracker : RunTracker, optional
+        Inner trials become nested runs (``outer-<fold>/trial-<n>``).
+    """
+    from genexflow.training.cv import CVResult, cross_validate, encode_labels
+    from genexflow.training.splits import make_splits
+
+    labels = encode_labels(cohort, cfg)
+    data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
+    y = labels.y[labels.labeled]
+    batches = data.samples[cfg.batch_column].astype(str).to_numpy() if cfg.batch_column else None
+    outer = make_splits(split, y, batches, n_splits=n_splits, n_repeats=n_repeats, seed=cfg.seed, task=cfg.task)
+    inner_split = "stratified" if split == "lobo" else split
+    parts: list[CVResult] = []
+    best_params: list[dict[str, Any]] = []
+    inner_best: list[float] = []
+    searched: list[np.ndarray] = []
+    for i, sp in enumerate(outer):
+        # the search sees the outer training rows only
+        inner = data.subset(sp.train)
+        searched.append(np.asarray(inner.sample_ids))
+        search = run_hpo(inner, cfg.with_(seed=cfg.seed + 101 * i), n_trials=n_trials,
+                         sampler=sampler, space=space, metric=metric, split=inner_split,
+                         n_splits=inner_splits, tracker=tracker, timeout=timeout)
+        best_params.append(search.best_params)
+        inner_best.append(search.best_value)
+        parts.append(cross_validate(data, search.best_config.with_(seed=cfg.seed), splits=[sp],
+                                    baselines=baselines, on_fold=on_fold))
+    folds = pd.concat([p.folds for p in parts], ignore_index=True)
+    folds.attrs["n_unlabeled"] = int((~labels.labeled).sum())
+    preds = pd.concat([p.predictions for p in parts], ignore_index=True)
+    hist = {k: v for p in parts for k, v in p.histories.items()}
+    cv = CVResult(cfg.task, labels.class_names, folds, preds, hist, split)
+    return NestedCVResult(cv, best_params, inner_best, searched)

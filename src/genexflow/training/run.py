@@ -102,6 +102,7 @@ def train_and_track(
         tracker.log_environment()
 
         hpo = None
+        untuned = cfg
         if hpo_trials > 0:
             stage(f"hyper-parameter search ({hpo_trials} trials)")
             from genexflow.training.hpo import run_hpo
@@ -126,8 +127,19 @@ def train_and_track(
                     if hooks.fold_epochs is not None:
                         out_cbs.append(hooks.fold_epochs(sp.name, cfg.epochs))
                     return out_cbs
-            cvres = cross_validate(cohort, cfg, split=split, n_splits=cv, n_repeats=n_repeats, baselines=baselines,
-                                   epoch_callbacks=cb, on_fold=hooks.on_fold)
+            if hpo is not None:
+                # Nested: every outer fold runs its own search on its training rows, so the reported score
+                # never saw the data it was tuned on (the search above only picks the final model's config).
+                from genexflow.training.hpo import nested_cv
+
+                nested = nested_cv(cohort, untuned, n_trials=hpo_trials, split=split, n_splits=cv,
+                                   n_repeats=n_repeats, inner_splits=min(3, cv), baselines=baselines,
+                                   sampler=hpo_sampler, space=hpo_space, on_fold=hooks.on_fold)
+                cvres = nested.cv
+                tracker.log_metrics({"hpo_nested_optimism": nested.optimism()})
+            else:
+                cvres = cross_validate(cohort, cfg, split=split, n_splits=cv, n_repeats=n_repeats,
+                                       baselines=baselines, epoch_callbacks=cb, on_fold=hooks.on_fold)
             metrics = log_cv(tracker, cvres)
 
         stage("final model on all labeled samples")
