@@ -94,7 +94,7 @@ def main() -> None:
         a.genes, a.samples, a.evidently_genes = 2_000, 1_000, 100
 
     from genexflow.monitoring.detectors import GeneDriftDetector
-    from genexflow.monitoring.profile import build_reference_profile
+    from genexflow.profile import build_reference_profile
 
     t0 = time.perf_counter()
     ref, new, planted = make_data(a.genes, a.samples, a.samples)

@@ -56,8 +56,7 @@ def _resolve_model(model: str, model_name: str, tracking_uri: str | None, out: P
     if "/" in ref or ref.endswith((".json", ".parquet")):
         raise InputError(f"{model}: no such bundle or reference folder")
     try:
-        from genexflow.components._steps import registered_bundle
-        from genexflow.serving.registry import default_tracking_uri
+        from genexflow.serving.registry import default_tracking_uri, registered_bundle
     except ImportError as exc:  # the registry is part of the serving area
         raise InputError(f"--model {model}: the model registry is not available ({exc}); pass a bundle or "
                          "reference folder") from exc
@@ -137,8 +136,8 @@ def check(
                              evidently=evidently, max_pathways=max_pathways)
     d = result.decision
     if trigger and (d.drift or force):
-        from genexflow.monitoring.profile import ReferenceProfile
-        from genexflow.monitoring.trigger import trigger_retrain
+        from genexflow.pipelines.trigger import trigger_retrain
+        from genexflow.profile import ReferenceProfile
 
         meta = ReferenceProfile.load(reference).meta
         label_col = label or meta.get("label_column")
@@ -181,7 +180,7 @@ def profile(
 ) -> None:
     """Build a reference profile from a cohort (training does this for you inside the model bundle)."""
     from genexflow.monitoring.check import _as_cohort
-    from genexflow.monitoring.profile import build_reference_profile
+    from genexflow.profile import build_reference_profile
 
     with step(f"profile {cohort}"):
         c = _as_cohort(cohort, samples, value_type)

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         triton_metrics_port: int = typer.Option(8002, help="Triton metrics port (0 = free port)."),
     ) -> None:
         """Start the services detached, wait for their health checks and record them."""
-        from genexflow.stack import local
+        from genexflow.serving import local_stack as local
 
         with step("start the local stack"):
             state = local.up(state_dir, backend_store_uri=backend_store_uri,
@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         """Show each recorded service's pid, process state and health; exit 1 if any is unhealthy."""
         from dataclasses import asdict
 
-        from genexflow.stack import local
+        from genexflow.serving import local_stack as local
 
         services = local.status(state_dir)
         if as_json:
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL."),
     ) -> None:
         """Stop the recorded services (SIGTERM, then SIGKILL after --timeout) and clear the state."""
-        from genexflow.stack import local
+        from genexflow.serving import local_stack as local
 
         with step("stop the local stack"):
             stopped = local.down(state_dir, timeout=timeout)

@@ -207,23 +207,6 @@ def record_outcome(state: str, error: str, pipeline_job: str, out: str | Path, *
     return record
 
 
-def registered_bundle(model_name: str, ref: str, tracking_uri: str, dst: str | Path) -> Path:
-    """Download the training bundle logged with registered version ``ref`` (number or alias) of
-    ``model_name``; the drift check reads its reference profile. Refuses a version without a bundle."""
-    from genexflow.serving.registry import Registry
-
-    reg = Registry(tracking_uri or None)
-    v = reg.get(model_name, ref)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        local = reg.client.download_artifacts(v.run_id, "bundle", str(dst))
-    except Exception as exc:  # MlflowException / OSError: the version was registered without its bundle
-        raise InputError(f"{model_name} v{v.version} ({ref}) has no training bundle in run {v.run_id}: "
-                         f"{' '.join(str(exc).split())[:160]}") from exc
-    return Path(local)
-
-
 # ------------------------------------------------------------------------------------ training adapters
 def kfp_numbers(obj: Any) -> Any:
     """Undo KFP's JSON round trip of dict/list parameters, where every number became a float: integral

@@ -1,9 +1,7 @@
-"""Monitoring components: drift check of a new cohort against the served model's reference profile; the
-retrain trigger used on a cluster."""
+"""Monitoring component: drift check of a new cohort against the served model's reference profile (the
+retrain trigger step lives with the pipelines: :func:`genexflow.pipelines.monitoring.trigger_retrain`)."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
-from typing import NamedTuple
-
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
 from genexflow.components._base import component
@@ -26,8 +24,9 @@ def drift_check(
     import shutil
     from pathlib import Path
 
-    from genexflow.components._steps import log_metrics, registered_bundle
+    from genexflow.components._steps import log_metrics
     from genexflow.monitoring.check import drift_check as check
+    from genexflow.serving.registry import registered_bundle
 
     bundle_dir = registered_bundle(model_name, alias, mlflow_tracking_uri, Path(evidence.path) / "bundle")
     res = check(cohort.path, bundle_dir, out_dir=evidence.path, mlflow_tracking_uri=mlflow_tracking_uri or None,
@@ -42,27 +41,3 @@ def drift_check(
     evidence.metadata.update({"drift": res.drift, "reason": "; ".join(reasons) or "no drift",
                               "reference": res.reference, "mlflow_run_id": res.mlflow_run_id or ""})
     return res.drift
-
-
-@component
-def trigger_retrain(
-    evidence: Input[Artifact],
-    training_arguments: dict,
-    kfp_host: str = "",
-    experiment_name: str = "genexflow",
-    model_key: str = "default",
-    cooldown_path: str = "/data/drift/cooldown.json",
-) -> NamedTuple("TriggerOutputs", [("triggered", bool), ("run_id", str), ("url", str), ("reason", str)]):
-    """Submit a training pipeline run to the KFP endpoint for the drift decision in ``evidence`` (at most
-    once per cooldown, tracked in ``cooldown_path`` on the data volume); an unreachable endpoint fails
-    the step."""
-    import json
-    from pathlib import Path
-
-    from genexflow.monitoring.policy import DriftDecision
-    from genexflow.monitoring.trigger import trigger_retrain as trigger
-
-    decision = DriftDecision.from_dict(json.loads((Path(evidence.path) / "decision.json").read_text()))
-    res = trigger(decision, mode="kfp", training_arguments=training_arguments, host=kfp_host or None,
-                  experiment=experiment_name, cooldown=cooldown_path, model_key=model_key)
-    return (res.triggered, res.run_id or "", res.url or "", res.reason)

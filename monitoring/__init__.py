@@ -4,16 +4,17 @@
 ======================  ===================================================================================
 module                  what
 ======================  ===================================================================================
-``profile``             :func:`build_reference_profile` / :class:`ReferenceProfile` (saved in the bundle)
 ``detectors``           gene (KS/PSI/Wasserstein + BH), Evidently features, unseen batch, covariate shift,
                         latent novelty, performance decay: ``fit(reference)`` / ``score(new)`` -> report
 ``policy``              :class:`DriftPolicy` (every threshold), ``decide`` -> :class:`DriftDecision`,
                         :class:`CooldownStore`
 ``check``               :func:`drift_check`: reports (Evidently HTML/JSON, gene table), decision, MLflow
-``trigger``             :func:`trigger_retrain`: kfp.local training run or a KFP submission, with cooldown
 ``metrics``             Prometheus textfile / scrape endpoint; ``alerts.yaml``, ``grafana_dashboard.json``
 ``scenarios``           drift scenarios on simulated cohorts (tests, demos, benchmarks)
 ======================  ===================================================================================
+
+The reference profile the detectors compare against is built by the core (:mod:`genexflow.profile`, saved
+in the bundle); the retrain trigger lives with the pipelines (:mod:`genexflow.pipelines.trigger`).
 
 Names are imported lazily so ``import genexflow.monitoring`` stays cheap.
 """
@@ -24,13 +25,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ReferenceProfile": "profile", "build_reference_profile": "profile",
     "GeneDriftDetector": "detectors", "FeatureDriftDetector": "detectors", "UnseenBatchDetector": "detectors",
     "CovariateShiftDetector": "detectors", "LatentNoveltyDetector": "detectors",
     "PerformanceDecayDetector": "detectors",
     "DriftPolicy": "policy", "DriftDecision": "policy", "CooldownStore": "policy", "decide": "policy",
     "drift_check": "check", "compute_reports": "check", "DriftResult": "check", "ModelOutputs": "check",
-    "trigger_retrain": "trigger", "TriggerResult": "trigger",
 }
 __all__ = sorted(_EXPORTS)
 

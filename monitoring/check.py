@@ -29,7 +29,7 @@ from genexflow.monitoring.detectors import (
     UnseenBatchDetector,
 )
 from genexflow.monitoring.policy import DriftDecision, DriftPolicy
-from genexflow.monitoring.profile import ReferenceProfile
+from genexflow.profile import ReferenceProfile
 
 DEFAULT_EXPERIMENT = "genexflow-drift"
 
@@ -330,7 +330,7 @@ def _log_mlflow(result: DriftResult, policy: DriftPolicy, tracking_uri: str | No
 
 
 def record_trigger(result: DriftResult, trigger: Any, mlflow_tracking_uri: str | None = None) -> None:
-    """Add a :class:`~genexflow.monitoring.trigger.TriggerResult` to a check's outputs: ``decision.json``
+    """Add a :class:`~genexflow.pipelines.trigger.TriggerResult` to a check's outputs: ``decision.json``
     (``trigger``), ``drift.prom`` (retrain timestamp) and the MLflow run's tags."""
     from genexflow.monitoring import metrics as drift_metrics
 

@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError, NotFittedError
-from genexflow.monitoring import _kernels as K
-from genexflow.monitoring.profile import (
+from genexflow.profile import (
     ReferenceProfile,
     _gene_positions,
     new_sample_offsets,
@@ -150,7 +150,7 @@ class GeneDriftDetector:
     Examples
     --------
     >>> from genexflow.simulate import simulate_cohort
-    >>> from genexflow.monitoring.profile import build_reference_profile
+    >>> from genexflow.profile import build_reference_profile
     >>> c, t = simulate_cohort(n_samples=80, n_genes=200, seed=0)
     >>> ref = build_reference_profile(c.subset(range(40)), gene_sets=t.pathways)
     >>> rep = GeneDriftDetector().fit(ref).score(c.subset(range(40, 80)))
@@ -318,7 +318,7 @@ class FeatureDriftReport(DriftReport):
 
 
 def _group_of(col: str) -> str:
-    from genexflow.monitoring.profile import FEATURE_GROUPS
+    from genexflow.profile import FEATURE_GROUPS
 
     for g, prefix in FEATURE_GROUPS.items():
         if col.startswith(prefix):
@@ -353,7 +353,7 @@ class FeatureDriftDetector:
 
     def fit(self, reference: ReferenceProfile | str | Path) -> FeatureDriftDetector:
         ref = _check_profile(reference)
-        from genexflow.monitoring.profile import FEATURE_GROUPS
+        from genexflow.profile import FEATURE_GROUPS
 
         unknown = set(self.groups) - set(FEATURE_GROUPS)
         if unknown:

@@ -13,16 +13,43 @@ Scheduled with ``genexflow pipeline schedule --cron`` as a KFP recurring run.
 """
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfp import dsl
+from kfp.dsl import Artifact, Input
 
+from genexflow.components._base import component
 from genexflow.components.data import ingest_validate
-from genexflow.components.monitoring import drift_check, trigger_retrain
+from genexflow.components.monitoring import drift_check
 from genexflow.pipelines import training
 from genexflow.pipelines.kubernetes import Platform
 
 NAME = "genexflow-monitoring"
+
+
+# The retrain step starts a pipeline run, so it lives here with the pipelines (components sit below them).
+@component
+def trigger_retrain(
+    evidence: Input[Artifact],
+    training_arguments: dict,
+    kfp_host: str = "",
+    experiment_name: str = "genexflow",
+    model_key: str = "default",
+    cooldown_path: str = "/data/drift/cooldown.json",
+) -> NamedTuple("TriggerOutputs", [("triggered", bool), ("run_id", str), ("url", str), ("reason", str)]):
+    """Submit a training pipeline run to the KFP endpoint for the drift decision in ``evidence`` (at most
+    once per cooldown, tracked in ``cooldown_path`` on the data volume); an unreachable endpoint fails
+    the step."""
+    import json
+    from pathlib import Path
+
+    from genexflow.monitoring.policy import DriftDecision
+    from genexflow.pipelines.trigger import trigger_retrain as trigger
+
+    decision = DriftDecision.from_dict(json.loads((Path(evidence.path) / "decision.json").read_text()))
+    res = trigger(decision, mode="kfp", training_arguments=training_arguments, host=kfp_host or None,
+                  experiment=experiment_name, cooldown=cooldown_path, model_key=model_key)
+    return (res.triggered, res.run_id or "", res.url or "", res.reason)
 
 
 def build(platform: Platform | None = None) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from genexflow.stack import local
+from genexflow.serving import local_stack as local
 from genexflow.stack._process import StackError, http_ok
 
 GX = [sys.executable, "-m", "genexflow"]

@@ -23,7 +23,7 @@ from genexflow.monitoring import scenarios
 from genexflow.monitoring.check import drift_check, resolve_reference
 from genexflow.monitoring.metrics import serve_metrics
 from genexflow.monitoring.policy import DriftPolicy
-from genexflow.monitoring.profile import build_reference_profile
+from genexflow.profile import build_reference_profile
 from genexflow.simulate import simulate_cohort
 
 FAST = dict(feature_groups=("qc", "pca"), max_pathways=3)  # Evidently on ~17 columns keeps the tests quick

@@ -19,7 +19,7 @@ from genexflow.monitoring.detectors import (
     PerformanceDecayDetector,
     UnseenBatchDetector,
 )
-from genexflow.monitoring.profile import build_reference_profile
+from genexflow.profile import build_reference_profile
 from genexflow.simulate import simulate_cohort
 
 ALL = [GeneDriftDetector, FeatureDriftDetector, UnseenBatchDetector, CovariateShiftDetector,

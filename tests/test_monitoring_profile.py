@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
-from genexflow.monitoring import _kernels as K
 from genexflow.monitoring.detectors import GeneDriftDetector
-from genexflow.monitoring.profile import ReferenceProfile, build_reference_profile, prediction_frame
+from genexflow.profile import ReferenceProfile, build_reference_profile, prediction_frame
 from genexflow.simulate import simulate_cohort
 
 

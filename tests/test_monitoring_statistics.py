@@ -14,7 +14,7 @@ import pytest
 from genexflow.monitoring import scenarios
 from genexflow.monitoring.check import compute_reports
 from genexflow.monitoring.policy import DriftPolicy
-from genexflow.monitoring.profile import build_reference_profile
+from genexflow.profile import build_reference_profile
 from genexflow.simulate import simulate_cohort
 
 POLICY = DriftPolicy()

@@ -10,7 +10,7 @@ import pytest
 
 from genexflow.errors import InputError
 from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy, Reason
-from genexflow.monitoring.trigger import build_retrain_request, training_package, trigger_retrain
+from genexflow.pipelines.trigger import build_retrain_request, training_package, trigger_retrain
 
 
 def _decision(drift: bool = True) -> DriftDecision:
@@ -107,8 +107,8 @@ def test_drift_starts_a_real_local_training_run(tmp_path):
     (a tiny configuration: one epoch, two CV folds, one baseline) and registers a new model version.
     About 5 minutes on a busy 2-core machine."""
     from genexflow.monitoring.check import drift_check, record_trigger
-    from genexflow.monitoring.profile import build_reference_profile
     from genexflow.pipelines.workspace import Workspace, training_arguments
+    from genexflow.profile import build_reference_profile
     from genexflow.simulate import simulate_cohort
 
     cohort, truth = simulate_cohort(n_samples=140, n_genes=120, n_batches=3, seed=1,

@@ -109,8 +109,8 @@ def test_trigger_retrain_component_never_fakes_a_submission(tmp_path):
 
     from kfp import dsl
 
-    from genexflow.components.monitoring import trigger_retrain
     from genexflow.monitoring.policy import CooldownStore, DriftDecision, Reason
+    from genexflow.pipelines.monitoring import trigger_retrain
     from genexflow.pipelines.submit import SubmitError
 
     evidence = tmp_path / "evidence"

@@ -1,2 +1,3 @@
-"""The local stack: an MLflow tracking server (sqlite or PostgreSQL) and a local Triton server,
-started as real processes bound to 127.0.0.1, with health checks and clean stops."""
+"""Local services: an MLflow tracking server (sqlite or PostgreSQL) started as real processes bound to
+127.0.0.1, with health checks and clean stops, and the process plumbing the Triton launcher shares.
+``genexflow stack up`` composes them with Triton in :mod:`genexflow.serving.local_stack`."""

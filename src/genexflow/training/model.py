@@ -18,6 +18,7 @@ import pandas as pd
 from genexflow.bundle import BundleInfo, align_genes, encode_covariates, load_bundle, save_bundle
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.profile import build_reference_profile
 from genexflow.training.config import TrainConfig
 from genexflow.training.trainer import EpochCallback, TensorData, predict_module
 
@@ -158,15 +159,8 @@ def module_from_state(state: dict) -> Any:
 
 def write_reference_profile(model: TrainedModel, folder: Path, cohort: Cohort,
                             predictions: np.ndarray | None = None) -> Path | None:
-    """Hook for drift monitoring: save ``genexflow.monitoring.profile.build_reference_profile`` of the
-    training cohort (latent space and predictions of this model) under ``<bundle>/reference``.
-
-    Returns ``None`` (and writes nothing) when the monitoring package is not installed.
-    """
-    try:
-        from genexflow.monitoring.profile import build_reference_profile
-    except ImportError:
-        return None
+    """For drift monitoring: save :func:`genexflow.profile.build_reference_profile` of the training cohort
+    (latent space and predictions of this model) under ``<bundle>/reference``."""
     info = model.info
     out = model.predict_arrays(cohort)
     preds = predictions

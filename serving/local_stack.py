@@ -1,5 +1,8 @@
 """``genexflow stack up|down|status``: the local MLflow tracking server + Triton server, as detached
-processes whose pids, ports and URLs live in ``<state_dir>/state.json`` (default ``.genexflow/stack``)."""
+processes whose pids, ports and URLs live in ``<state_dir>/state.json`` (default ``.genexflow/stack``).
+
+It starts the Triton server, so it sits in the serving layer; the process plumbing and the MLflow and
+PostgreSQL servers it uses are core (:mod:`genexflow.stack`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from genexflow.serving.triton_server import TritonServer
 from genexflow.stack._process import ProcessRecord, StackError, genexflow_home, http_ok, stop_pid_file
 from genexflow.stack.mlflow_server import MlflowServer, redact
 
@@ -64,8 +68,6 @@ def up(state_dir: str | Path | None = None, *, backend_store_uri: str | None = N
     started: list[tuple[str, Path]] = []
     try:
         if triton:
-            from genexflow.serving.triton_server import TritonServer
-
             repo = Path(model_repository or state_dir / "models").absolute()
             repo.mkdir(parents=True, exist_ok=True)
             http_port, grpc_port, metrics_port = (p or None for p in triton_ports)

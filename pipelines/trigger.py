@@ -1,4 +1,5 @@
-"""Start a retraining run when a drift decision says so, at most once per cooldown.
+"""Start a retraining run when a drift decision says so, at most once per cooldown (the monitoring
+pipeline's ``trigger_retrain`` step and ``genexflow drift --trigger``).
 
 ``mode="local"``  runs the training pipeline with kfp.local in a local workspace
                   (:func:`genexflow.pipelines.workspace.run_training`), so a laptop retrains exactly as the
@@ -21,6 +22,9 @@ from typing import Any
 
 from genexflow.errors import InputError
 from genexflow.monitoring.policy import CooldownStore, DriftDecision, DriftPolicy
+from genexflow.pipelines.compile import compiled_dir, spec_filename
+from genexflow.pipelines.submit import build_run, submit_run
+from genexflow.pipelines.workspace import Workspace, run_training
 
 MODES = ("local", "kfp")
 
@@ -65,15 +69,11 @@ class TriggerResult:
 
 def default_cooldown_store() -> CooldownStore:
     """``<workspace>/drift/cooldown.json`` of the default local workspace."""
-    from genexflow.pipelines.workspace import Workspace
-
     return CooldownStore(Workspace.default().root / "drift" / "cooldown.json")
 
 
 def training_package(target: str = "cluster") -> Path:
     """The checked-in compiled training pipeline (``cluster``: with the kfp-kubernetes platform spec)."""
-    from genexflow.pipelines.compile import compiled_dir, spec_filename
-
     return compiled_dir() / spec_filename("training", target)
 
 
@@ -82,8 +82,6 @@ def build_retrain_request(decision: DriftDecision, training_arguments: Mapping[s
                           experiment_id: str | None = None, service_account: str | None = None) -> Any:
     """The ``kfp_server_api.V2beta1Run`` body that ``mode="kfp"`` sends (arguments checked against the
     compiled pipeline's parameters), for inspection and dry runs."""
-    from genexflow.pipelines.submit import build_run
-
     return build_run(package or training_package(), arguments=dict(training_arguments),
                      run_name=run_name or _run_name(decision), experiment_id=experiment_id,
                      service_account=service_account, description=_description(decision))
@@ -192,8 +190,6 @@ def _ago(t: Any) -> str:
 
 
 def _run_local(arguments: Mapping[str, Any], workspace: Any, on_event: Callable[[Any], None] | None) -> TriggerResult:
-    from genexflow.pipelines.workspace import Workspace, run_training
-
     ws = workspace if workspace is not None else Workspace.default()
     result = run_training(dict(arguments), ws, on_event=on_event)
     info = result.to_dict()
@@ -203,8 +199,6 @@ def _run_local(arguments: Mapping[str, Any], workspace: Any, on_event: Callable[
 
 def _submit(decision: DriftDecision, arguments: Mapping[str, Any], host: str | None, experiment: str,
             namespace: str | None, package: str | Path | None, client: Any) -> TriggerResult:
-    from genexflow.pipelines.submit import submit_run
-
     sub = submit_run(package or training_package(), arguments=dict(arguments), run_name=_run_name(decision),
                      host=host, experiment=experiment, namespace=namespace, client=client)
     return TriggerResult(True, "kfp", "training run submitted to Kubeflow Pipelines", run_id=sub.id, url=sub.url,

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
-from genexflow.monitoring import _kernels as K
 
 PROFILE_VERSION = 1
 QC_COLUMNS = ("qc_log10_library_size", "qc_detected_fraction", "qc_missing_fraction", "qc_mean_log_expression",
@@ -168,7 +168,7 @@ class ReferenceProfile:
             folder = folder / "reference"
         if not (folder / "profile.json").exists():
             raise InputError(f"{folder}: no reference profile (profile.json); build one with "
-                             "genexflow.monitoring.profile.build_reference_profile or pass a model bundle")
+                             "genexflow.profile.build_reference_profile or pass a model bundle")
         meta = json.loads((folder / "profile.json").read_text())
         if meta.get("profile_version", 0) > PROFILE_VERSION:
             raise InputError(f"{folder}: profile version {meta['profile_version']} is newer than this "
