@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from genexflow.bundle import PickledPreprocessing
 from genexflow.errors import InputError
 
 MANIFEST = "manifest.csv"
@@ -256,6 +258,42 @@ def holdout_split(cohort_dir: str | Path, cfg: Any, test_fraction: float) -> tup
     return cohort.subset(rows[tr]), cohort.subset(rows[te])
 
 
+@dataclass
+class FittedPreprocessing:
+    """What the ``preprocess-fit`` step produced: the split sizes and the fitted pipeline's bytes."""
+
+    pickled: PickledPreprocessing
+    pipeline: Any
+    n_train: int
+    n_test: int
+
+    @property
+    def sha256(self) -> str:
+        return self.pickled.sha256
+
+    @property
+    def n_genes_out(self) -> int:
+        return len(self.pipeline.genes_out_)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"pipeline": repr(self.pipeline)[:500], "n_genes_out": self.n_genes_out, "sha256": self.sha256}
+
+
+def fit_heldout_preprocessing(cohort_dir: str | Path, cfg: Any, test_fraction: float, preprocessor_out: str | Path,
+                              train_out: str | Path, test_out: str | Path) -> FittedPreprocessing:
+    """Hold out a test split, fit the preprocessing on the training rows once and write the pipeline's bytes
+    (``preprocessor_out``), the training rows and the held-out rows."""
+    from genexflow.training.cv import fit_preprocessing
+
+    tr, te = holdout_split(cohort_dir, cfg, test_fraction)
+    pre = fit_preprocessing(tr, cfg)
+    pickled = PickledPreprocessing.of(pre)
+    pickled.write(preprocessor_out)
+    tr.write(train_out)
+    te.write(test_out)
+    return FittedPreprocessing(pickled, pre, tr.n_samples, te.n_samples)
+
+
 class HeldoutEvaluation:
     """Held-out metrics of the model and the baselines (see :func:`evaluate_heldout`)."""
 
@@ -331,10 +369,9 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
                      test_dir: str | Path, *, baselines: list[str] | None = None, seed: int = 0,
                      tracking_uri: str = "", run_id: str = "") -> HeldoutEvaluation:
     """Metrics on the held-out split of the trained model (its bundle, raw cohort in) and of the baselines
-    (``genexflow.training.baselines``, fit on the training split's rows transformed by the fitted
-    preprocessing); logged as ``heldout_*`` metrics to the training run when ``run_id`` is given."""
-    import pickle  # nosec B403 - our own artifact from the preprocess step
-
+    (``genexflow.training.baselines``, fit on the training split's rows transformed by the model's own
+    preprocessing, which must be the one in ``preprocessor_path``); logged as ``heldout_*`` metrics to the
+    training run when ``run_id`` is given."""
     from genexflow.cohort import Cohort
     from genexflow.training.baselines import baseline_names, fit_predict_baseline
     from genexflow.training.cv import encode_labels, transform
@@ -351,8 +388,11 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
     pred = model.predict(te)
     out = pred[info.class_names].to_numpy() if info.task == "classification" else pred["prediction"].to_numpy()
     metrics = evaluate(info.task, yte, out)
-    with open(preprocessor_path, "rb") as fh:
-        pre = pickle.load(fh)  # nosec B301
+    fitted = PickledPreprocessing.read(preprocessor_path).sha256
+    if info.preprocessing_sha256 != fitted:
+        raise InputError(f"the model's preprocessing (sha256 {info.preprocessing_sha256[:12] or 'none'}…) is not the "
+                         f"one fitted at preprocess-fit ({fitted[:12]}…); the bundle was trained on another pipeline")
+    pre = model.preprocessing
     Xtr, Xte = transform(pre, tr), transform(pre, te)
     kw: dict[str, Any] = {}
     if model.priors is not None and getattr(model.priors, "gene_sets", None):

@@ -2,8 +2,10 @@
 
 ::
 
-    ingest + validate -> preprocess (hold out a test split, fit on the training rows) -> train (HPO optional)
-      -> evaluate on the held-out split (+ baselines fit on the same rows) -> export ONNX (preprocessing inside)
+    ingest + validate -> preprocess (hold out a test split, fit on the training rows ONCE; sha256 recorded)
+      -> train (HPO optional; the final model takes that fitted pipeline as it is, the bundle stores its bytes)
+      -> evaluate on the held-out split (+ baselines fit on the same rows with the same pipeline)
+      -> export ONNX (that pipeline inside the graph)
       -> register the artifact + bundle (alias challenger) -> gate vs champion and baselines
       -> dsl.If(gate passed): infra-validate in a real Triton -> promote (alias champion) -> deploy
     ExitHandler: record the run outcome (state + error) as an artifact and on the MLflow runs of this job
@@ -82,7 +84,7 @@ def build(platform: Platform | None = None) -> Any:
             _configure(platform(pre, "data"), "preprocess (fit on train)", cache=True)
 
             tr = train(
-                train=pre.outputs["train"], label_column=label_column, batch_column=batch_column,
+                train=pre.outputs["train"], preprocessor=pre.outputs["preprocessor"], label_column=label_column, batch_column=batch_column,
                 covariates=covariates, pipeline_job=job, config=train_config, preprocessing=preprocessing,
                 cv_folds=cv_folds, baselines=baselines, hpo_trials=hpo_trials, explain_samples=explain_samples,
                 seed=seed, mlflow_tracking_uri=mlflow_tracking_uri, experiment_name=experiment_name)

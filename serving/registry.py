@@ -261,6 +261,7 @@ class Registry:
         tags = {
             "sha256": art.sha256, "metrics": _json(metrics), "baselines": _json(baselines),
             "lineage": _json(lineage), "task": info.task, "value_type": info.value_type,
+            "preprocessing_sha256": info.preprocessing_sha256,
             "n_genes": str(len(info.input_genes)), "registered_at": _now(), "artifact_path": "model",
         }
         run = self.client.get_run(run_id)

@@ -140,6 +140,39 @@ def test_first_run_registers_promotes_and_deploys(env, first):
     assert "heldout_balanced_accuracy" in mlrun.data.metrics
 
 
+def test_one_preprocessor_from_fit_to_serving(env, first, tmp_path):
+    """The pipeline fitted at preprocess-fit, by its sha256: the same bytes in the bundle that train wrote
+    (and that evaluate checked), the registered version's tag and bundle, the ONNX sidecar and the sidecar
+    of the artifact Triton serves. Training refits nothing."""
+    from pathlib import Path
+
+    from genexflow.bundle import PickledPreprocessing, load_bundle
+
+    run = first.run
+    fit = run.task("preprocess-fit")
+    sha = fit.parameters["sha256"]
+    assert len(sha) == 64
+    assert PickledPreprocessing.read(fit.artifact("preprocessor")).sha256 == sha
+    # the bundle train wrote holds those bytes, unchanged, and records their hash
+    bundle = Path(run.task("train").artifact("bundle"))
+    assert PickledPreprocessing.read(bundle / "preprocessing.pkl").sha256 == sha
+    info, pre, _ = load_bundle(bundle)
+    assert info.preprocessing_sha256 == sha and pre.genes_out_.tolist()
+    # the registered version: tag, and the bundle logged with it
+    reg = _registry(env)
+    v = reg.get("genexflow-classifier", first.registered_version)
+    assert v.tags["preprocessing_sha256"] == sha
+    local = Path(reg.client.download_artifacts(v.run_id, "bundle", str(tmp_path)))
+    assert PickledPreprocessing.read(local / "preprocessing.pkl").sha256 == sha
+    assert reg.client.get_run(v.run_id).data.tags["genexflow.preprocessing_sha256"] == sha
+    # the exported graph's sidecar and the one next to the served bytes in the Triton repository
+    onnx_dir = Path(run.task("export-onnx").artifact("onnx"))
+    served = env["ws"].triton_repository / "genexflow_classifier" / str(first.triton_version) / "model.json"
+    for sidecar in (onnx_dir / "model.json", served):
+        doc = json.loads(sidecar.read_text())
+        assert doc["preprocessing"]["sha256"] == sha and doc["bundle"]["preprocessing_sha256"] == sha, sidecar
+
+
 def test_worse_run_is_gated_out(env, first, second):
     run = second.run
     assert run.succeeded  # gated out is a decision, not a failure

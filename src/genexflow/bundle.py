@@ -5,7 +5,8 @@ monitoring read it. On disk::
 
     bundle/
       bundle.json            metadata (task, genes, labels, covariate encoding, batch levels, metrics, lineage)
-      preprocessing.pkl      the fitted preprocessing pipeline (genexflow.preprocessing.PreprocessingPipeline)
+      preprocessing.pkl      the fitted preprocessing pipeline (genexflow.preprocessing.PreprocessingPipeline):
+                             the exact bytes written when it was fitted; bundle.json records their sha256
       model.pt               {"config": PathwayNetConfig as dict, "state_dict": ..., "extra": {...}}
       model.onnx             optional: end-to-end graph (raw expression + covariates + batch -> output)
       reference/             optional: reference profile for drift monitoring
@@ -17,7 +18,9 @@ the batch column.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle  # nosec B403 - bundles are produced by genexflow itself and verified by sha256 before deploy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +99,8 @@ class BundleInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of ``preprocessing.pkl`` as written when the preprocessing was fitted (empty: older bundles)
+    preprocessing_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -121,29 +126,78 @@ class BundleInfo:
         return np.array([lookup.get(str(b), -1) for b in samples[self.batch_column]], np.int64)
 
 
-def save_bundle(folder: str | Path, info: BundleInfo, preprocessing: Any, model_state: dict) -> Path:
-    """Write a bundle folder. ``model_state`` is ``{"config": dict, "state_dict": ..., ...}``."""
+PREPROCESSING_FILE = "preprocessing.pkl"
+
+
+@dataclass(frozen=True)
+class PickledPreprocessing:
+    """A fitted preprocessing pipeline as the exact bytes written when it was fitted, and their sha256.
+
+    Pickling the same pipeline again after a load does not always give the same bytes, so the bytes are
+    what travels: the ``preprocess-fit`` step writes them, training loads the pipeline from them and the
+    bundle stores them unchanged; the sha256 recorded at fit time is then the bundle's, the ONNX sidecar's,
+    the registered version's and the served artifact's.
+    """
+
+    data: bytes
+
+    @classmethod
+    def of(cls, pipeline: Any) -> PickledPreprocessing:
+        return cls(pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @classmethod
+    def read(cls, path: str | Path) -> PickledPreprocessing:
+        return cls(Path(path).read_bytes())
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def load(self) -> Any:
+        return pickle.loads(self.data)  # nosec B301 - our own artifact, identified by its sha256
+
+    def write(self, path: str | Path) -> Path:
+        """Write the bytes atomically (a temporary file renamed over ``path``)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(self.data)
+        os.replace(tmp, path)
+        return path
+
+
+def save_bundle(folder: str | Path, info: BundleInfo, preprocessing: Any, model_state: dict,
+                pickled: PickledPreprocessing | None = None) -> Path:
+    """Write a bundle folder. ``model_state`` is ``{"config": dict, "state_dict": ..., ...}``.
+
+    ``pickled`` (the bytes ``preprocessing`` was loaded from) is stored unchanged; without it the pipeline
+    is pickled here. ``info.preprocessing_sha256`` is set to the sha256 of the stored bytes.
+    """
     import torch
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    pickled = pickled or PickledPreprocessing.of(preprocessing)
+    pickled.write(folder / PREPROCESSING_FILE)
+    info.preprocessing_sha256 = pickled.sha256
     (folder / "bundle.json").write_text(info.to_json())
-    with open(folder / "preprocessing.pkl", "wb") as fh:
-        pickle.dump(preprocessing, fh)
     torch.save(model_state, folder / "model.pt")
     return folder
 
 
 def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
-    """Read ``(info, preprocessing, model_state)`` from a bundle folder."""
+    """Read ``(info, preprocessing, model_state)`` from a bundle folder; refuses a ``preprocessing.pkl``
+    whose sha256 differs from the one ``bundle.json`` records."""
     import torch
 
     folder = Path(folder)
     if not (folder / "bundle.json").exists():
         raise InputError(f"{folder}: not a genexflow model bundle (no bundle.json)")
     info = BundleInfo.from_json((folder / "bundle.json").read_text())
-    with open(folder / "preprocessing.pkl", "rb") as fh:
-        pre = pickle.load(fh)  # nosec B301 - own artifact, sha256-checked before deploy
+    pickled = PickledPreprocessing.read(folder / PREPROCESSING_FILE)
+    if info.preprocessing_sha256 and pickled.sha256 != info.preprocessing_sha256:
+        raise InputError(f"{folder / PREPROCESSING_FILE}: sha256 {pickled.sha256[:12]}… differs from bundle.json's "
+                         f"{info.preprocessing_sha256[:12]}…; the preprocessing was replaced after training")
+    pre = pickled.load()
     state = torch.load(folder / "model.pt", map_location="cpu", weights_only=False)  # nosec B614 - own bundle, sha256-checked
     return info, pre, state
 

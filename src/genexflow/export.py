@@ -365,7 +365,7 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
         preprocess_takes_covariates=takes_cov, include_latent=include_latent,
         target_mean=float(ex.get("target_mean", 0.0) or 0.0), target_std=float(ex.get("target_std", 1.0) or 1.0),
     )
-    meta = {"pipeline": repr(pre), "n_genes_in": len(info.input_genes),
+    meta = {"pipeline": repr(pre), "sha256": info.preprocessing_sha256, "n_genes_in": len(info.input_genes),
             "n_genes_out": len(getattr(pre, "genes_out_", [])), "batch_corrected": use_batch,
             "combat_covariates": takes_cov, "architecture": ex.get("architecture", "")}
     return export_onnx_artifact(

@@ -163,10 +163,14 @@ class PreparedFold:
 
 
 def prepare_fold(train_c: Cohort, test_c: Cohort | None, y_train: np.ndarray, y_test: np.ndarray | None,
-                 cfg: TrainConfig) -> PreparedFold:
-    """Fit preprocessing, priors and covariate encoding on ``train_c``; transform both cohorts."""
+                 cfg: TrainConfig, preprocessing: Any = None) -> PreparedFold:
+    """Fit preprocessing, priors and covariate encoding on ``train_c``; transform both cohorts.
+
+    ``preprocessing``: a pipeline already fitted on exactly ``train_c``'s rows (the pipeline's
+    ``preprocess-fit`` step), used as it is instead of fitting one.
+    """
     t0 = time.perf_counter()
-    pre = fit_preprocessing(train_c, cfg)
+    pre = fit_preprocessing(train_c, cfg) if preprocessing is None else preprocessing
     Xtr = transform(pre, train_c)
     genes = [str(g) for g in pre.genes_out_]
     pri = fold_priors(genes, cfg, Xtr)

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from genexflow.bundle import BundleInfo, align_genes, encode_covariates, load_bundle, save_bundle
+from genexflow.bundle import (
+    PREPROCESSING_FILE,
+    BundleInfo,
+    PickledPreprocessing,
+    align_genes,
+    encode_covariates,
+    load_bundle,
+    save_bundle,
+)
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.profile import build_reference_profile
@@ -39,6 +47,9 @@ class TrainedModel:
     priors : GenePriors or None
     history : list of dict
         Per-epoch metrics of the final fit.
+    pickled : PickledPreprocessing or None
+        The bytes ``preprocessing`` was loaded from (its sha256 is ``info.preprocessing_sha256``); the
+        bundle stores them unchanged.
     """
 
     info: BundleInfo
@@ -46,18 +57,32 @@ class TrainedModel:
     module: Any
     priors: Any = None
     history: list[dict[str, float]] = field(default_factory=list)
+    pickled: PickledPreprocessing | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ fit
     @classmethod
-    def fit(cls, cohort: Cohort, cfg: TrainConfig, callbacks: tuple[EpochCallback, ...] | list = ()) -> TrainedModel:
-        """Fit preprocessing, priors and the network on every labeled row of ``cohort`` (early stopping on
-        an inner stratified validation split)."""
+    def fit(cls, cohort: Cohort, cfg: TrainConfig, callbacks: tuple[EpochCallback, ...] | list = (),
+            preprocessing: PickledPreprocessing | None = None) -> TrainedModel:
+        """Fit priors and the network on every labeled row of ``cohort`` (early stopping on an inner
+        stratified validation split).
+
+        ``preprocessing``: the pipeline fitted on exactly these rows (the ``preprocess-fit`` step), used as
+        it is; without it the preprocessing is fitted here first.
+        """
         from genexflow.training.cv import encode_labels, prepare_fold, train_deep
 
         labels = encode_labels(cohort, cfg)
         data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
         y = labels.y[labels.labeled]
-        fold = prepare_fold(data, None, y, None, cfg)
+        pre = None
+        if preprocessing is not None:
+            pre = preprocessing.load()
+            genes = [str(g) for g in getattr(pre, "genes_in_", [])]
+            if genes != [str(g) for g in data.genes]:
+                raise InputError("the given preprocessing was fitted on other genes than this cohort's; fit it "
+                                 "on the training rows of this cohort (the preprocess-fit step)")
+        fold = prepare_fold(data, None, y, None, cfg, preprocessing=pre)
+        pickled = preprocessing or PickledPreprocessing.of(fold.preprocessing)
         k = labels.n_classes if cfg.task == "classification" else 1
         res = train_deep(fold, cfg, k, callbacks)
         batch_levels: list[str] = []
@@ -75,8 +100,9 @@ class TrainedModel:
                 "best_epoch": res.best_epoch, "stopped_epoch": res.stopped_epoch, "n_train": int(len(y)),
                 "target_mean": res.target_mean, "target_std": res.target_std,
             },
+            preprocessing_sha256=pickled.sha256,
         )
-        return cls(info, fold.preprocessing, res.module.cpu().eval(), fold.priors, res.history)
+        return cls(info, fold.preprocessing, res.module.cpu().eval(), fold.priors, res.history, pickled)
 
     # ------------------------------------------------------------------ inference
     def align(self, cohort: Cohort) -> Cohort:
@@ -124,7 +150,7 @@ class TrainedModel:
              reference_predictions: np.ndarray | None = None) -> Path:
         """Write the bundle (``bundle.json``, ``preprocessing.pkl``, ``model.pt``, ``priors/``) and, given the
         training cohort, the drift-monitoring reference profile (``reference/``)."""
-        folder = save_bundle(folder, self.info, self.preprocessing, self.model_state())
+        folder = save_bundle(folder, self.info, self.preprocessing, self.model_state(), self.pickled)
         if self.priors is not None and hasattr(self.priors, "save"):
             self.priors.save(folder / "priors")
         if reference is not None:
@@ -140,7 +166,7 @@ class TrainedModel:
             from genexflow.priors import GenePriors
 
             priors = GenePriors.load(Path(folder) / "priors")
-        return cls(info, pre, module, priors)
+        return cls(info, pre, module, priors, pickled=PickledPreprocessing.read(Path(folder) / PREPROCESSING_FILE))
 
 
 def module_from_state(state: dict) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from genexflow.bundle import PickledPreprocessing
 from genexflow.cohort import Cohort
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
@@ -45,6 +46,16 @@ class RunOutcome:
     hpo: Any = None
     explanation: Any = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> Any:
+        """The fitted preprocessing pipeline inside the model (and the bundle)."""
+        return self.model.preprocessing
+
+    @property
+    def preprocessing_sha256(self) -> str:
+        """sha256 of the preprocessing bytes in the bundle (recorded when the preprocessing was fitted)."""
+        return self.model.info.preprocessing_sha256
 
 
 @dataclass
@@ -79,10 +90,14 @@ def train_and_track(
     reference_profile: bool = True,
     hooks: Hooks | None = None,
     tags: dict[str, Any] | None = None,
+    preprocessing: PickledPreprocessing | None = None,
 ) -> RunOutcome:
     """Cross-validate, (optionally) search, train the final model, explain it and write the bundle.
 
-    ``cv=0`` skips cross-validation (no comparison table). See the module docstring for what is logged.
+    ``cv=0`` skips cross-validation (no comparison table). ``preprocessing`` is the pipeline fitted on
+    ``cohort``'s labeled rows (the pipeline's ``preprocess-fit`` step): the final model uses it as it is
+    and the bundle stores its bytes unchanged; without it the final model fits its own. See the module
+    docstring for what is logged.
     """
     from genexflow.training.trainer import current_dist
 
@@ -146,7 +161,7 @@ def train_and_track(
         cbs = [tracker.epoch_callback(prefix="final/")]
         if hooks.fold_epochs is not None:
             cbs.append(hooks.fold_epochs("final", cfg.epochs))
-        model = TrainedModel.fit(cohort, cfg, cbs)
+        model = TrainedModel.fit(cohort, cfg, cbs, preprocessing=preprocessing)
         model.info.metrics = bundle_metrics(cvres) if cvres is not None else {}
         model.info.lineage = {"dataset": lineage, "mlflow_run_id": tracker.run_id,
                               "tracking_uri": getattr(tracker, "tracking_uri", None)}
@@ -159,7 +174,7 @@ def train_and_track(
             # The GLM-started wide path was never beaten on the validation rows: say so, it is the model.
             stage("note: no epoch beat the GLM start (wide path); the final model is the GLM plus a zero residual")
             tracker.set_tags({"genexflow.glm_start_kept": "true"})
-        tracker.log_preprocessing(model.preprocessing)
+        tracker.log_preprocessing(model.pickled)
         log_final_plots(tracker, model, cohort)
 
         if not main:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle  # nosec B403 - serializes our own fitted preprocessing for the run's artifacts
 import platform
 import sys
 import tempfile
@@ -310,18 +309,14 @@ import warnings
 
         mlflow.log_artifacts(str(folder), artifact_path)
 
-    def log_preprocessing(self, preprocessing: Any, path: str = "preprocessing") -> None:
-        """The fitted preprocessing pipeline, pickled, plus its description when it has one."""
+    def log_preprocessing(self, pickled: Any, path: str = "preprocessing") -> None:
+        """The fitted preprocessing as the exact bytes the bundle holds (a
+        :class:`~genexflow.bundle.PickledPreprocessing`), and its sha256 as tag ``genexflow.preprocessing_sha256``."""
         import mlflow
 
         with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "preprocessing.pkl"
-            with open(p, "wb") as fh:
-                pickle.dump(preprocessing, fh)
-            mlflow.log_artifact(str(p), path)
-        describe = getattr(preprocessing, "describe", None)
-        if callable(describe):
-            self.log_dict(describe(), f"{path}/describe.json")
+            mlflow.log_artifact(str(pickled.write(Path(tmp) / "preprocessing.pkl")), path)
+        self.set_tags({"genexflow.preprocessing_sha256": pickled.sha256})
 
     def log_environment(self) -> dict:
         import mlflow
