@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console, progress
 
 
@@ -22,8 +23,11 @@ def train(
     task: str = typer.Option(None, "--task", help="classification or regression [default: classification]."),
     value_type: str = typer.Option(None, "--value-type", help="counts, tpm, fpkm or log-expression (matrix input)."),
     batch_column: str = typer.Option(None, "--batch-column", help="Batch column (ComBat; grouping for --split lobo)."),
-    no_combat: bool = typer.Option(False, "--no-combat", help="Keep the batch column for grouping (lobo) but "
-                                                               "do not ComBat-correct."),
+    batch_method: str = typer.Option(None, "--batch-method", help="Batch correction fitted in each training fold: "
+                                                                   "combat, combat-seq (counts; not exportable "
+                                                                   "to ONNX), harmony or none [default: combat]."),
+    no_combat: bool = typer.Option(False, "--no-combat", help="Alias of --batch-method none: keep the batch column "
+                                                               "for grouping (lobo) but do not correct."),
     covariates: str = typer.Option(None, "--covariates", help="Comma-separated covariates known at inference "
                                                                "(e.g. age,sex); never the label."),
     cv: int = typer.Option(5, "--cv", help="Cross-validation folds (0 = no CV, final model only)."),
@@ -68,12 +72,13 @@ def train(
         raise InputError(f"unknown preset {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
     c, path = load_training_cohort(cohort, samples, value_type)
     overrides = parse_sets(set_)
+    combat = batch_method_overrides(batch_method, no_combat, overrides)
     if preset:
         overrides["model"] = {**MODEL_PRESETS[preset], **overrides.get("model", {})}
     cfg = build_config(
         config, overrides, task=task, label=label, batch_column=batch_column,
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,
-        seed=seed, device=device, combat=False if no_combat else None, wide_init=wide_init,
+        seed=seed, device=device, combat=combat, wide_init=wide_init,
     )
     dist = init_distributed(cfg.device)  # torchrun (PyTorchJob): join the process group; no-op otherwise
     _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
@@ -94,6 +99,8 @@ def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, n
     from genexflow.training.run import Hooks, train_and_track
     from genexflow.training.splits import make_splits
 
+    if not quiet and cfg.batch_column and cfg.label in c.samples.columns:
+        print_confounding(c.samples, cfg.label, cfg.batch_column, cfg.task)
     base = None if baselines is None else ([] if baselines == "none" else
                                            ("all" if baselines == "all" else _split(baselines)))
     if not quiet:

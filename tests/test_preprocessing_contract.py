@@ -16,6 +16,7 @@ from genexflow.preprocessing import (
     ComBatSeq,
     CPMNormalizer,
     FilterByExpr,
+    Harmony,
     KNNImputer,
     LengthNormalizer,
     Log2p1,
@@ -44,6 +45,7 @@ CASES = [
     (ComBat(), LOG, {"batch": BATCH, "covariates": COV}),
     (ComBat(parametric=False, mean_only=True), LOG, {"batch": BATCH}),
     (ComBatSeq(), COUNTS, {"batch": BATCH}),
+    (Harmony(n_components=5), LOG, {"batch": BATCH, "covariates": COV}),
 ]
 
 

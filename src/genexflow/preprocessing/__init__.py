@@ -1,5 +1,5 @@
 """Preprocessing estimators with Bioconductor parity: normalization, filtering, KNN imputation,
-ComBat, ComBat-seq, and the composed, ONNX-exportable :class:`PreprocessingPipeline`.
+ComBat, ComBat-seq, Harmony, and the composed, ONNX-exportable :class:`PreprocessingPipeline`.
 
 See ``docs/preprocessing.md`` for the R references, the parity checks and where Python peers differ.
 """
@@ -7,6 +7,7 @@ See ``docs/preprocessing.md`` for the R references, the parity checks and where 
 from genexflow.preprocessing.combat import ComBat
 from genexflow.preprocessing.combat_seq import ComBatSeq
 from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter, VarianceFilter
+from genexflow.preprocessing.harmony import Harmony
 from genexflow.preprocessing.impute import KNNImputer, impute_knn
 from genexflow.preprocessing.normalize import (
     CPMNormalizer,
@@ -23,6 +24,7 @@ __all__ = [
     "ComBat",
     "ComBatSeq",
     "FilterByExpr",
+    "Harmony",
     "KNNImputer",
     "LengthNormalizer",
     "Log2p1",

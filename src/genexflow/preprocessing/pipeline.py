@@ -8,7 +8,10 @@ Steps (each optional, chosen by :class:`PreprocessingConfig` and the cohort's va
 2. normalization: counts -> TMM log-CPM (edgeR); TPM/FPKM -> log2(x + 1); log-expression -> none;
 3. missing values: KNN imputation (impute.knn; frozen neighbour genes for new samples) or, without an
    imputer, the training gene means (so no NaN reaches a model, in numpy or ONNX);
-4. ComBat with a batch column and sample-sheet covariates (frozen parameters);
+4. batch correction with a batch column (``batch_method``): ComBat with sample-sheet covariates (frozen
+   parameters), Harmony on the top PCs with the batch and the categorical covariates (frozen map, see
+   :mod:`.harmony`), or ComBat-seq on the filtered counts before normalization (numpy only: not in
+   the ONNX graph);
 5. per-gene standardization (training mean and standard deviation, ddof 0, as StandardScaler).
 
 :meth:`PreprocessingPipeline.to_torch` returns the same transform as a torch module for the ONNX
@@ -28,9 +31,14 @@ from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
 from genexflow.preprocessing._utils import as_matrix, check_fitted
 from genexflow.preprocessing.combat import ComBat
+from genexflow.preprocessing.combat_seq import ComBatSeq
 from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter, VarianceFilter
+from genexflow.preprocessing.harmony import Harmony, HarmonyStep
 from genexflow.preprocessing.impute import KNNImputer
 from genexflow.preprocessing.normalize import CPMNormalizer, Log2p1
+
+#: Batch-correction choices (``--batch-method``).
+BATCH_METHODS = ("combat", "combat-seq", "harmony", "none")
 
 
 @dataclass
@@ -52,8 +60,12 @@ class PreprocessingConfig:
     knn_k : neighbours for KNN.
     max_genes : keep only the most variable genes (training variance after normalization and
         imputation), in input order; None keeps all.
-    combat : run ComBat when a batch column is given (False: the batch column is only bookkeeping,
-        e.g. for grouped cross-validation).
+    combat : correct batches when a batch column is given (False: the batch column is only bookkeeping,
+        e.g. for grouped cross-validation; the same as ``batch_method="none"``).
+    batch_method : {"combat", "combat-seq", "harmony", "none"}
+        How to correct batches. ``combat-seq`` needs raw counts and cannot be exported to ONNX.
+    harmony_components, harmony_theta, harmony_seed : Harmony's PCs, diversity penalty (one value, or
+        one per variable: batch, then each categorical covariate) and random seed.
     batch_column : sample-sheet column for ComBat (None: no ComBat).
     covariates : sample-sheet columns kept in ComBat's design (must be known at inference).
     combat_parametric, combat_mean_only, reference_batch, unseen_batch : ComBat options.
@@ -70,6 +82,10 @@ class PreprocessingConfig:
     knn_k: int = 10
     max_genes: int | None = None
     combat: bool = True
+    batch_method: str = "combat"
+    harmony_components: int = 20
+    harmony_theta: Any = 2.0
+    harmony_seed: int = 0
     batch_column: str | None = None
     covariates: list[str] = field(default_factory=list)
     combat_parametric: bool = True
@@ -134,6 +150,10 @@ class PreprocessingPipeline:
             raise InputError(f"unknown normalization {norm!r}; use auto, tmm-logcpm, logcpm, cpm, log2p1 or none")
         if norm in ("tmm-logcpm", "logcpm", "cpm") and vt != ValueType.COUNTS:
             raise InputError(f"normalization {norm} needs raw counts but the value type is {vt.value}")
+        if cfg.batch_method not in BATCH_METHODS:
+            raise InputError(f"unknown batch_method {cfg.batch_method!r}; use {', '.join(BATCH_METHODS)}")
+        if cfg.batch_method == "combat-seq" and vt != ValueType.COUNTS:
+            raise InputError(f"batch_method combat-seq needs raw counts but the value type is {vt.value}")
         if cfg.impute not in ("auto", "knn", "mean"):
             raise InputError(f"unknown impute {cfg.impute!r}; use auto, knn or mean")
         return {"value_type": vt, "filter": flt, "normalization": norm}
@@ -167,7 +187,8 @@ class PreprocessingPipeline:
         self.value_type_ = plan["value_type"]
         self.plan_ = plan
         self.batch_column_ = batch_column if batch_column is not None else cfg.batch_column
-        if not cfg.combat:
+        self.batch_method_ = cfg.batch_method if cfg.combat else "none"
+        if self.batch_method_ == "none":
             self.batch_column_ = None
         self.covariates_ = list(covariates if covariates is not None else cfg.covariates)
         X, _ = as_matrix(cohort.X)
@@ -175,7 +196,7 @@ class PreprocessingPipeline:
         batch = None if self.batch_column_ is None else cohort.column(self.batch_column_).to_numpy()
         cov = self._sheet_columns(cohort.samples, self.covariates_, "covariates")
         if cov is not None and self.batch_column_ is None:
-            if not cfg.combat:
+            if self.batch_method_ == "none":
                 cov = None
                 self.covariates_ = []
             else:
@@ -192,6 +213,10 @@ class PreprocessingPipeline:
         else:
             self.filter_ = None
         H = X if self.filter_ is None else self.filter_.transform(X)
+        self.combat_seq_ = None
+        if self.batch_column_ is not None and self.batch_method_ == "combat-seq":  # on counts, before normalizing
+            self.combat_seq_ = ComBatSeq()
+            H = self.combat_seq_.fit_transform(H, batch=batch, covariates=cov)
         self.keep_index_ = (np.arange(X.shape[1]) if self.filter_ is None
                             else self.filter_.get_support(indices=True))
         self.genes_out_ = self.genes_in_[self.keep_index_]
@@ -235,9 +260,12 @@ class PreprocessingPipeline:
             self.genes_out_ = self.genes_out_[top]
         # 4. ComBat
         self.combat_ = None
+        self.harmony_ = None
         self.batch_levels_ = []
         self.covariate_specs_ = []
-        if self.batch_column_ is not None:
+        if self.batch_column_ is not None and self.batch_method_ in ("harmony", "combat-seq"):
+            H = self._fit_harmony(H, cohort, batch, cov)
+        elif self.batch_column_ is not None:
             self.combat_ = ComBat(parametric=cfg.combat_parametric, mean_only=cfg.combat_mean_only,
                                   ref_batch=cfg.reference_batch, unseen_batch=cfg.unseen_batch)
             H = self.combat_.fit_transform(H, batch=batch, covariates=cov)
@@ -258,6 +286,23 @@ class PreprocessingPipeline:
         else:
             self.scale_mean_ = self.scale_sd_ = None
         return H
+
+    def _fit_harmony(self, H: np.ndarray, cohort: Cohort, batch: np.ndarray, cov: pd.DataFrame | None) -> np.ndarray:
+        """Harmony over the batch and the categorical covariates (numeric ones go to the model only);
+        ComBat-seq (already applied) only records the serving conventions here."""
+        from genexflow.bundle import fit_covariates
+
+        cfg = self.config
+        self.batch_levels_ = sorted(str(b) for b in np.unique(batch.astype(str)))
+        if self.covariates_:
+            self.covariate_specs_ = fit_covariates(cohort.samples, self.covariates_)
+        if self.batch_method_ != "harmony":
+            return H
+        cats = [s.name for s in self.covariate_specs_ if s.kind == "categorical"]
+        self.harmony_ = Harmony(n_components=cfg.harmony_components, theta=cfg.harmony_theta,
+                                unseen_batch="error" if cfg.unseen_batch == "error" else "ignore",
+                                random_state=cfg.harmony_seed)
+        return self.harmony_.fit_transform(H, batch=batch, covariates=cov[cats] if cats else None)
 
     # ------------------------------------------------------------------ transform
     def _matrix(self, data: Any) -> np.ndarray:
@@ -288,8 +333,8 @@ class PreprocessingPipeline:
         which the torch module leaves without batch adjustment (see ``docs/preprocessing.md``).
         """
         check_fitted(self, "genes_out_")
-        if self.combat_ is None:
-            raise InputError("this pipeline has no ComBat step")
+        if not self.needs_batch:
+            raise InputError("this pipeline has no batch-correction step")
         labels = np.asarray(batch).astype(str)
         lut = {b: i for i, b in enumerate(self.batch_levels_)}
         idx = np.array([lut.get(b, -1) for b in labels], dtype=np.int64)
@@ -364,11 +409,16 @@ class PreprocessingPipeline:
         check_fitted(self, "genes_out_")
         X = self._matrix(data)
         if isinstance(data, Cohort):
-            if self.combat_ is not None:
+            if self.needs_batch:
                 batch = data.column(self.batch_column_).to_numpy() if batch is None else batch
                 if covariates is None:
                     covariates = self._sheet_columns(data.samples, self.covariates_, "covariates")
+        if self.needs_batch and batch is None:
+            raise InputError(f"this pipeline corrects batches; pass batch= (sample-sheet column "
+                             f"{self.batch_column_!r})")
         H = X[:, self.keep_index_]
+        if getattr(self, "combat_seq_", None) is not None:
+            H = self.combat_seq_.transform(H, batch=batch, covariates=covariates)
         if self.normalizer_ is not None:
             H = self.normalizer_.transform(H)
         if self.imputer_ is not None:
@@ -384,6 +434,9 @@ class PreprocessingPipeline:
                 raise InputError(f"this pipeline corrects batches; pass batch= (sample-sheet column "
                                  f"{self.batch_column_!r})")
             H = self.combat_.transform(H, batch=batch, covariates=covariates)
+        if getattr(self, "harmony_", None) is not None:
+            cats = self.harmony_.variables_[1:]
+            H = self.harmony_.transform(H, batch=batch, covariates=pd.DataFrame(covariates)[cats] if cats else None)
         if self.scale_mean_ is not None:
             H = (H - self.scale_mean_) / self.scale_sd_
         return H
@@ -430,6 +483,13 @@ class PreprocessingPipeline:
                     np.zeros(int(self.combat_._cov_keep.sum()))
             steps.append(T.ComBatOp(self.combat_, order, A, b))
             n_cov = steps[-1].n_cov
+        elif getattr(self, "harmony_", None) is not None:
+            combat_at = len(steps)
+            steps.append(HarmonyStep(self.harmony_, self.covariate_specs_))
+            n_cov = steps[-1].n_cov
+        elif getattr(self, "combat_seq_", None) is not None:
+            raise InputError("ComBat-seq maps counts through negative-binomial quantiles, which the ONNX graph "
+                             "cannot express; export a model trained with --batch-method combat or harmony")
         if self.scale_mean_ is not None:
             steps.append(T.Scale(self.scale_mean_, self.scale_sd_))
         module = T.PreprocessingModule(steps, combat_at, n_cov)
@@ -440,7 +500,7 @@ class PreprocessingPipeline:
 
     @property
     def needs_batch(self) -> bool:
-        return getattr(self, "combat_", None) is not None
+        return any(getattr(self, a, None) is not None for a in ("combat_", "harmony_", "combat_seq_"))
 
     @property
     def n_covariate_columns(self) -> int:
@@ -452,7 +512,7 @@ class PreprocessingPipeline:
             return f"PreprocessingPipeline({self.config!r})"
         steps = [self.plan_["filter"], self.plan_["normalization"],
                  "knn" if self.imputer_ is not None else "mean-fill",
-                 f"combat({self.batch_column_})" if self.combat_ is not None else None,
+                 f"{self.batch_method_}({self.batch_column_})" if self.needs_batch else None,
                  "scale" if self.scale_mean_ is not None else None]
         return (f"PreprocessingPipeline({' -> '.join(s for s in steps if s and s != 'none')}; "
                 f"{len(self.genes_in_)} -> {len(self.genes_out_)} genes)")

@@ -1,0 +1,46 @@
+"""``--batch-method`` and the batch-label confounding warning, shared by ``genexflow train`` and ``run``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from genexflow.cli._common import console
+from genexflow.errors import InputError
+from genexflow.preprocessing.confounding import ConfoundingResult, batch_label_association
+from genexflow.preprocessing.pipeline import BATCH_METHODS
+
+
+def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides: dict[str, Any]) -> bool | None:
+    """Fold ``--batch-method`` / ``--no-combat`` into the config overrides.
+
+    ``none`` (and its alias ``--no-combat``) keeps the batch column for grouping but corrects nothing
+    (``combat=False``); the others set ``preprocessing.batch_method``. Returns the ``combat`` field
+    (None = keep the config's).
+    """
+    if batch_method is None:
+        return False if no_combat else None
+    if batch_method not in BATCH_METHODS:
+        raise InputError(f"unknown --batch-method {batch_method!r}; use {', '.join(BATCH_METHODS)}")
+    if no_combat and batch_method != "none":
+        raise InputError(f"--no-combat means --batch-method none; it contradicts --batch-method {batch_method}")
+    if batch_method == "none":
+        return False
+    overrides["preprocessing"] = {**overrides.get("preprocessing", {}), "batch_method": batch_method}
+    return True
+
+
+def print_confounding(samples: pd.DataFrame, label: str, batch_column: str, task: str) -> ConfoundingResult | None:
+    """Test the batch-label association and print it (a loud warning when confounded)."""
+    if label not in samples.columns or batch_column not in samples.columns:
+        return None
+    labeled = samples[label].notna() & samples[batch_column].notna()
+    if samples.loc[labeled, batch_column].nunique() < 2 or samples.loc[labeled, label].nunique() < 2:
+        return None
+    res = batch_label_association(samples.loc[labeled, batch_column], samples.loc[labeled, label], task=task)
+    if res.confounded:
+        console.print(f"[bold red]{res.message()}[/]", highlight=False)
+    else:
+        console.print(res.message(), markup=False, highlight=False)
+    return res
