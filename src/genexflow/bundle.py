@@ -202,6 +202,21 @@ def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
     return info, pre, state
 
 
+def module_from_state(state: dict) -> Any:
+    """The one place that rebuilds the trained network from ``model.pt`` contents
+    (``{"config", "state_dict", ...}``), in eval mode."""
+    import io
+
+    import torch
+
+    from genexflow.models import PathwayNet
+
+    buf = io.BytesIO()
+    torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
+    buf.seek(0)
+    return PathwayNet.load(buf).eval()
+
+
 def align_genes(frame: pd.DataFrame, input_genes: list[str], max_missing_fraction: float = 0.2) -> tuple[np.ndarray, list[str]]:
     """Reorder a user's samples x genes frame to the training gene order.
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from genexflow.bundle import BundleInfo
+from genexflow.bundle import BundleInfo, load_bundle, module_from_state
 from genexflow.errors import InputError
 
 SIDECAR_NAME = "model.json"
@@ -179,6 +179,58 @@ def _split_output(out: Any) -> tuple[Any, Any]:
     return out.output, getattr(out, "latent", None)
 
 
+def export_graph(module: Any, feeds: dict[str, np.ndarray], path: str | Path, output_names: list[str], *,
+                 opset: int = 17, atol: float = 1e-4) -> Path:
+    """The one ONNX export of genexflow: ``module(*feeds.values())`` -> ``path`` with a dynamic batch axis on
+    every input and output, checked against torch in onnxruntime.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Exported in eval mode (its training flag is restored afterwards).
+    feeds : dict of input name -> ndarray
+        The graph's inputs in ``forward`` order, used for tracing and for the parity check.
+    output_names : list of str
+    opset : int
+        ONNX opset (>= 17).
+    atol : float
+        Max abs difference allowed between torch and onnxruntime on ``feeds`` (raises otherwise).
+
+    Notes
+    -----
+    The TorchScript-based exporter (``dynamo=False``) is used: it needs no onnxscript and keeps the
+    edge-list message passing exact (repeated scatter targets are summed).
+    """
+    import torch
+
+    if opset < 17:
+        raise InputError(f"opset must be >= 17, got {opset}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(feeds)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, str(path), input_names=names, output_names=list(output_names),
+                dynamic_axes={n: {0: "batch"} for n in names + list(output_names)}, opset_version=opset,
+                dynamo=False, do_constant_folding=True,
+            )
+            expected = module(*args)
+    finally:
+        module.train(was_training)
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    got = run_onnx(path, feeds)
+    for name, e in zip(output_names, expected, strict=True):
+        diff = float(np.nanmax(np.abs(e.numpy() - got[name]))) if e.numel() else 0.0
+        if not diff <= atol:
+            raise InputError(f"ONNX export of {name!r} disagrees with torch (max abs diff {diff:.3g} > {atol})")
+    return path
+
+
 def export_onnx_artifact(
     module: Any,
     info: BundleInfo,
@@ -211,8 +263,6 @@ def export_onnx_artifact(
     -------
     ServingArtifact
     """
-    import torch
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_covariates = info.n_covariates > 0 if use_covariates is None else use_covariates
@@ -222,23 +272,8 @@ def export_onnx_artifact(
     out_names = [out_name] + (["latent"] if include_latent else [])
     if example is None:
         example = example_inputs(info, 8, use_covariates=use_covariates, use_batch=use_batch)
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
-    module = module.eval()
-    onnx_path = out_dir / ONNX_NAME
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, str(onnx_path), input_names=names, output_names=out_names,
-            dynamic_axes={n: {0: "batch"} for n in names + out_names}, opset_version=opset,
-            dynamo=False, do_constant_folding=True,
-        )
-        expected = module(*args)
-    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-    got = run_onnx(onnx_path, {n: example[n] for n in names})
-    for name, e in zip(out_names, expected, strict=True):
-        diff = float(np.nanmax(np.abs(e.numpy() - got[name]))) if e.numel() else 0.0
-        if not diff <= atol:
-            raise InputError(f"ONNX export of {name!r} disagrees with torch (max abs diff {diff:.3g} > {atol})")
+    onnx_path = export_graph(module, {n: example[n] for n in names}, out_dir / ONNX_NAME, out_names, opset=opset,
+                             atol=atol)
     inputs, outputs, opset_used = onnx_io(onnx_path)
     if [i.name for i in inputs] != names:
         raise InputError(f"exported graph has inputs {[i.name for i in inputs]}, expected {names}: "
@@ -344,10 +379,9 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
     (raw expression + covariates + batch index -> probabilities / prediction [+ latent]). The covariates
     input feeds both the model and ComBat (training fits both encodings on the same columns and rows).
     """
-    from genexflow.bundle import load_bundle
 
     info, pre, state = load_bundle(bundle_dir)
-    model = _model_from_state(state)
+    model = module_from_state(state)
     pre_module = pre.to_torch() if pre is not None else None
     takes_cov = bool(getattr(pre_module, "takes_covariates", False))
     use_batch = bool(getattr(pre_module, "takes_batch", False))
@@ -372,17 +406,3 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
         module, info, out_dir or bundle_dir, use_covariates=use_cov, use_batch=use_batch,
         include_latent=include_latent, preprocessing_meta=meta, opset=opset, atol=atol,
     )
-
-
-def _model_from_state(state: dict) -> Any:
-    """Rebuild the trained ``PathwayNet`` from ``model.pt`` contents (``{"config", "state_dict", ...}``)."""
-    import io
-
-    import torch
-
-    from genexflow.models import PathwayNet
-
-    buf = io.BytesIO()
-    torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
-    buf.seek(0)
-    return PathwayNet.load(buf).eval()

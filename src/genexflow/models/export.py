@@ -8,9 +8,6 @@ classification or ``prediction`` (B x 1) for regression, plus optionally ``laten
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import warnings
 from pathlib import Path
 
@@ -88,11 +85,12 @@ def export_onnx(
     *,
     include_latent: bool = True,
     include_attention: bool = False,
-    opset: int = 18,
+    opset: int = 17,
     verify: bool = True,
     atol: float = 1e-4,
 ) -> Path:
-    """Export a :class:`PathwayNet` to one self-contained ONNX file with a dynamic batch axis.
+    """Export a :class:`PathwayNet` alone (preprocessed input) to one ONNX file with a dynamic batch axis,
+    through :func:`genexflow.export.export_graph` (the serving artifact's export path).
 
     Parameters
     ----------
@@ -107,8 +105,8 @@ def export_onnx(
     opset : int
         ONNX opset (>= 17).
     verify : bool
-        Run the file in onnxruntime on random inputs (batch 3, not the tracing batch) and raise if any
-        output differs from torch by more than ``atol``.
+        Also run the file in onnxruntime on other random inputs (batch 3, not the tracing batch) and raise
+        if any output differs from torch by more than ``atol``.
 
     Returns
     -------
@@ -116,22 +114,15 @@ def export_onnx(
         The written file. Inputs ``expression`` (B, G), ``covariates`` (B, C); outputs as
         :class:`ServingModule` lists.
     """
-    if opset < 17:
-        raise InputError(f"opset must be >= 17, got {opset}")
+    from genexflow.export import export_graph
+
     G, C = _check_sizes(module, n_genes, n_covariates)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ServingModule(module, include_latent, include_attention)
+    x, c = example_inputs(G, C)
     was_training = module.training
-    wrapper = ServingModule(module, include_latent, include_attention).eval()
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
     try:
-        with warnings.catch_warnings(), _quiet_exporter():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper, example_inputs(G, C), str(path), input_names=list(INPUT_NAMES),
-                output_names=wrapper.output_names, opset_version=opset, dynamo=True, external_data=False,
-                dynamic_shapes={"expression": {0: batch}, "covariates": {0: batch}},
-            )
+        path = export_graph(wrapper, {"expression": x.numpy(), "covariates": c.numpy()}, path,
+                            wrapper.output_names, opset=opset, atol=atol)
     finally:
         module.train(was_training)
     if verify:
@@ -142,19 +133,6 @@ def export_onnx(
     return path
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    # The dynamo exporter prints progress lines and torchvision warnings; keep the CLI output clean.
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def verify_onnx(module: nn.Module, path: str | Path, expression: Tensor | np.ndarray,
                 covariates: Tensor | np.ndarray | None = None) -> dict[str, float]:
     """Max absolute difference per output between onnxruntime and torch eager on the same input.
@@ -163,14 +141,13 @@ def verify_onnx(module: nn.Module, path: str | Path, expression: Tensor | np.nda
     ----------
     expression : array of shape (B, G); covariates : array of shape (B, C), optional when C = 0
     """
-    import onnxruntime as ort
+    from genexflow.export import run_onnx
 
     x = torch.as_tensor(np.asarray(expression, np.float32))
     cov = torch.zeros(x.shape[0], module.config.n_covariates) if covariates is None else \
         torch.as_tensor(np.asarray(covariates, np.float32))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    got = sess.run(names, {"expression": x.numpy(), "covariates": cov.numpy()})
+    got = run_onnx(path, {"expression": x.numpy(), "covariates": cov.numpy()})
+    names = list(got)
     wrapper = ServingModule(module, "latent" in names, "pathway_attention" in names)
     was_training = module.training
     module.eval()
@@ -179,7 +156,8 @@ def verify_onnx(module: nn.Module, path: str | Path, expression: Tensor | np.nda
             ref = wrapper(x, cov)
     finally:
         module.train(was_training)
-    return {n: float(np.max(np.abs(g - r.numpy()))) for n, g, r in zip(names, got, ref, strict=True)}
+    return {n: float(np.max(np.abs(got[n] - r.numpy()))) if r.numel() else 0.0
+            for n, r in zip(names, ref, strict=True)}
 
 
 def export_torchscript(

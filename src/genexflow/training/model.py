@@ -22,6 +22,7 @@ from genexflow.bundle import (
     align_genes,
     encode_covariates,
     load_bundle,
+    module_from_state,
     save_bundle,
 )
 from genexflow.cohort import Cohort
@@ -167,20 +168,6 @@ class TrainedModel:
 
             priors = GenePriors.load(Path(folder) / "priors")
         return cls(info, pre, module, priors, pickled=PickledPreprocessing.read(Path(folder) / PREPROCESSING_FILE))
-
-
-def module_from_state(state: dict) -> Any:
-    """Rebuild the network from ``model.pt`` contents (``{"config", "state_dict", ...}``)."""
-    import io
-
-    import torch
-
-    from genexflow.models import PathwayNet
-
-    buf = io.BytesIO()
-    torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
-    buf.seek(0)
-    return PathwayNet.load(buf).eval()
 
 
 def write_reference_profile(model: TrainedModel, folder: Path, cohort: Cohort,
