@@ -101,6 +101,7 @@ def ingest(
     rate = "n/a (probes kept)" if result.mapping_rate is None else f"{result.mapping_rate:.1%}"
     rows = [
         ("validated", f"{result.cohort.n_samples} samples x {result.cohort.n_genes} genes -> {result.out_dir}"),
+        ("value type", f"{summary['value_type']} ({summary['value_type_source']})"),
         ("mapping rate", rate),
         ("quarantined", ", ".join(f"{v} {k}s" for k, v in summary["quarantined"].items()) or "nothing"),
         ("quarantine", str(result.quarantine_dir or "-")),
@@ -113,6 +114,8 @@ def ingest(
     console.print(table)
     from rich.markup import escape
 
+    for line in summary["quarantine_reasons"][:10]:
+        console.print(f"[yellow]quarantined:[/] {escape(line)}", highlight=False)
     for w in result.warnings[:10]:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if len(result.warnings) > 10:

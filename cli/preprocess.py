@@ -11,8 +11,13 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from genexflow.cli._common import console, step
+from genexflow.cohort import ValueType
+from genexflow.errors import InputError
+from genexflow.ingest.values import check_cells, describe, detect_value_type, missing_cells
+from genexflow.io import check_output, check_unique_ids, read_matrix, write_matrix
 
 ORIENT_HELP = "Rows of the input: samples, genes or auto (decided from the first column name)."
 
@@ -27,23 +32,29 @@ class Method(StrEnum):
 
 
 def _read(path: Path, orientation: str, sample_ids=None):
-    from genexflow.io import read_matrix
-
+    """The matrix, refusing repeated sample or gene IDs (no later step could tell them apart, and a
+    Parquet file with repeated column names cannot be read back by pandas)."""
     with step(f"read {path.name}"):
-        return read_matrix(path, orientation=orientation, sample_ids=sample_ids)
+        df = read_matrix(path, orientation=orientation, sample_ids=sample_ids)
+    check_unique_ids(df, path)
+    return df
 
 
-def _write(df, out: Path) -> None:
-    from genexflow.io import write_matrix
-
+def _write(df, out: Path, inputs) -> None:
     with step(f"write {out}"):
-        write_matrix(df, out)
+        write_matrix(df, out, inputs)
     console.print(f"{df.shape[0]} samples x {df.shape[1]} genes -> {out}", markup=False)
+
+
+def _say_missing(df, what: str) -> None:
+    """Name the missing cells a command leaves (or fills): never a silent NaN."""
+    cells = missing_cells(df.to_numpy(), df.index, df.columns)
+    if cells:
+        console.print(f"[yellow]{len(cells)} missing value(s) {what}: {escape(describe(cells))}[/]")
 
 
 def _sheet(samples: Path, index, columns: list[str]):
     """Sample-sheet rows in matrix order, checking that the needed columns exist."""
-    from genexflow.errors import InputError
     from genexflow.io import read_sample_sheet
 
     sheet = read_sample_sheet(samples)
@@ -57,6 +68,18 @@ def _sheet(samples: Path, index, columns: list[str]):
     return sheet.loc[index]
 
 
+def _refuse_counts(df, path: Path) -> None:
+    """ComBat models log-scale, roughly normal values; on raw counts it shifts small counts below zero."""
+    try:
+        guess = detect_value_type(df.to_numpy(), df.index, df.columns)
+    except InputError:
+        return  # TPM-or-FPKM: not counts
+    if guess.value_type == ValueType.COUNTS:
+        raise InputError(
+            f"{path} looks like raw counts ({guess.rule}); ComBat expects log-scale values and would write "
+            "negative counts: run `genexflow combat-seq` on counts, or `genexflow normalize` (log-CPM) first")
+
+
 def _split(text: str | None) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()] if text else []
 
@@ -65,7 +88,7 @@ def _split(text: str | None) -> list[str]:
 def normalize(
     inp: Path = typer.Argument(..., help="Raw matrix (counts for cpm/logcpm/tmm-logcpm/tpm/fpkm)."),
     method: Method = typer.Option(Method.tmm_logcpm, "--method", "-m", help="Normalization."),
-    prior_count: float = typer.Option(2.0, "--prior-count", help="edgeR prior count for log-CPM."),
+    prior_count: float = typer.Option(2.0, "--prior-count", help="edgeR prior count for log-CPM (> 0)."),
     gene_lengths: str | None = typer.Option(None, "--gene-lengths",
                                             help="Gene lengths for tpm/fpkm: 'hg19' (shipped) or a file "
                                                  "(gene_id + length / median_length)."),
@@ -75,10 +98,15 @@ def normalize(
     """Library-size normalization with edgeR semantics (CPM, log-CPM, TMM log-CPM), TPM/FPKM, log2(x+1)."""
     import pandas as pd
 
-    from genexflow.errors import InputError
     from genexflow.preprocessing.normalize import CPMNormalizer, LengthNormalizer, Log2p1, read_gene_lengths
 
+    check_output(out, [inp], what="-o/--out")
+    if not prior_count > 0:  # log(0 + prior) is -inf or NaN for a zero count
+        raise InputError(f"--prior-count must be positive (edgeR's default is 2), got {prior_count:g}")
     df = _read(inp, orientation)
+    # every method here takes raw values (counts, or TPM/FPKM for log2p1): none can be negative, infinite
+    # or beyond the plausible range of counts, and one such cell would shift every sample's TMM factor
+    check_cells(df.to_numpy(), ValueType.COUNTS, df.index, df.columns, what=str(inp))
     if method in (Method.tpm, Method.fpkm):
         if gene_lengths is None:
             raise InputError("--method tpm/fpkm needs --gene-lengths hg19 (shipped) or --gene-lengths FILE")
@@ -89,7 +117,8 @@ def normalize(
         est = CPMNormalizer(log=method != Method.cpm, prior_count=prior_count, tmm=method == Method.tmm_logcpm)
     with step(f"normalize ({method.value})"):
         values = est.fit_transform(df)
-    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out)
+    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out, [inp])
+    _say_missing(df, "left missing (library sizes use the observed values; `genexflow impute` fills them)")
     if isinstance(est, CPMNormalizer) and est.tmm:
         console.print(f"TMM reference sample: {df.index[est.ref_index_]}; factors "
                       f"{est.norm_factors_.min():.3f}-{est.norm_factors_.max():.3f}", markup=False)
@@ -107,9 +136,9 @@ def filter_genes(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """Drop low-expression genes (blueprint rule, or filterByExpr); kept genes stay in input order."""
-    from genexflow.errors import InputError
     from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter
 
+    check_output(out, [inp, samples], what="-o/--out")
     df = _read(inp, orientation)
     if filter_by_expr:
         group = None
@@ -121,7 +150,7 @@ def filter_genes(
     else:
         est = LowCountFilter(min_count, max_fraction_below).fit(df)
     keep = est.get_support()
-    _write(df.loc[:, keep], out)
+    _write(df.loc[:, keep], out, [inp, samples])
     console.print(f"kept {int(keep.sum())} of {len(keep)} genes", markup=False)
 
 
@@ -140,11 +169,13 @@ def impute(
 
     from genexflow.preprocessing.impute import KNNImputer
 
+    check_output(out, [inp], what="-o/--out")
     df = _read(inp, orientation)
     n_missing = int(np.isnan(df.to_numpy(np.float64)).sum())
     with step(f"impute {n_missing} missing values (k={k})"):
         values = KNNImputer(k=k, rowmax=rowmax, colmax=colmax, maxp=maxp).fit_transform(df)
-    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out)
+    _write(pd.DataFrame(values, index=df.index, columns=df.columns), out, [inp])
+    _say_missing(df, "imputed")
 
 
 def combat(
@@ -165,11 +196,12 @@ def combat(
     """ComBat batch correction with sva::ComBat numerics (parametric / non-parametric / mean-only / reference)."""
     import pandas as pd
 
-    from genexflow.errors import InputError
     from genexflow.preprocessing.combat import ComBat
 
     covs = _split(covariates)
+    check_output(out, [inp, samples], what="-o/--out")
     df = _read(inp, orientation)
+    _refuse_counts(df, inp)
     sheet = _sheet(samples, df.index, [batch_column, *covs] + ([biology_column] if biology_column else []))
     est = ComBat(parametric=not non_parametric, mean_only=mean_only, ref_batch=reference_batch,
                  constant_genes="passthrough" if keep_constant else "error")
@@ -178,7 +210,7 @@ def combat(
         values = est.fit_transform(df, batch=sheet[batch_column].to_numpy(),
                                    covariates=sheet[covs] if covs else None)
     result = pd.DataFrame(values, index=df.index, columns=df.columns)
-    _write(result, out)
+    _write(result, out, [inp, samples])
     if report is not None:
         if not biology_column:
             raise InputError("--report needs --biology-column (the grouping that must be kept)")
@@ -201,13 +233,14 @@ def combat_seq(
     from genexflow.preprocessing.combat_seq import ComBatSeq
 
     covs = _split(covariates)
+    check_output(out, [inp, samples], what="-o/--out")
     df = _read(inp, orientation)
     sheet = _sheet(samples, df.index, [batch_column, *covs] + ([group_column] if group_column else []))
     with step(f"ComBat-seq over {sheet[batch_column].nunique()} batches, {df.shape[1]} genes"):
         values = ComBatSeq().fit_transform(
             df, batch=sheet[batch_column].to_numpy(), group=sheet[group_column].to_numpy() if group_column else None,
             covariates=sheet[covs] if covs else None)
-    _write(pd.DataFrame(values.astype(np.int64), index=df.index, columns=df.columns), out)
+    _write(pd.DataFrame(values.astype(np.int64), index=df.index, columns=df.columns), out, [inp, samples])
 
 
 def combat_report(
@@ -221,7 +254,6 @@ def combat_report(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """Quality report: PCA before/after coloured by batch and biology, batch and biology silhouettes."""
-    from genexflow.errors import InputError
 
     a = _read(before, orientation)
     b = _read(after, orientation)

@@ -86,11 +86,14 @@ def predict(
     max_missing: float = typer.Option(0.2, help="Refuse when more than this fraction of model genes is absent."),
 ) -> None:
     """Predict samples through a Triton server; genes are aligned to the model by ID."""
-    from genexflow.io import read_matrix, read_sample_sheet
+    from genexflow.io import check_output, check_unique_ids, read_matrix, read_sample_sheet, write_text_atomic
     from genexflow.serving.client import TritonClient
 
+    if out is not None:
+        check_output(out, [file, samples], what="-o/--out")
     sheet = read_sample_sheet(samples) if samples else None
     frame = read_matrix(file, sample_ids=list(sheet.index) if sheet is not None else None)
+    check_unique_ids(frame, file)
     if sheet is not None:
         missing = frame.index.difference(sheet.index)
         if len(missing):
@@ -109,9 +112,12 @@ def predict(
     if out is None:
         typer.echo(df.to_csv(), nl=False)
     elif out.suffix == ".parquet":
-        df.to_parquet(out)
+        from genexflow.io import atomic_output
+
+        with atomic_output(out) as tmp:
+            df.to_parquet(tmp)
     else:
-        df.to_csv(out)
+        write_text_atomic(out, df.to_csv())
     if out is not None:
         console.print(f"{len(df)} predictions -> {out}", markup=False)
 
@@ -136,10 +142,12 @@ def score(
     import tempfile
 
     from genexflow.errors import InputError
-    from genexflow.serving.batch import CohortSource, LocalRunner, TritonRunner, score_cohort
+    from genexflow.io import check_output
+    from genexflow.serving.batch import PARTS_SUFFIX, CohortSource, LocalRunner, TritonRunner, score_cohort
 
     if local == (url is not None):
         raise InputError("choose one: --local (in-process onnxruntime) or --url URL (Triton)")
+    check_output(out, [cohort, samples], what="-o/--out")
     src = CohortSource(cohort, samples)
     with tempfile.TemporaryDirectory() as tmp:
         if local:
@@ -154,11 +162,18 @@ def score(
                 runner = LocalRunner(art, threads, version_label=f"{name}/{v.version}")
         else:
             runner = TritonRunner(url, model_name, protocol)
-        with progress() as bar:
-            task = bar.add_task(f"score {cohort.name}", total=None)
-            res = score_cohort(src, out, runner, chunk_size=chunk_size, concurrency=concurrency,
-                               on_progress=lambda n: bar.advance(task, n),
-                               on_total=lambda n: bar.update(task, total=n))
+        try:
+            with progress() as bar:
+                task = bar.add_task(f"score {cohort.name}", total=None)
+                res = score_cohort(src, out, runner, chunk_size=chunk_size, concurrency=concurrency,
+                                   on_progress=lambda n: bar.advance(task, n),
+                                   on_total=lambda n: bar.update(task, total=n))
+        except KeyboardInterrupt:
+            parts = out.with_name(out.name + PARTS_SUFFIX)
+            n_done = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
+            console.print(f"interrupted: {n_done} finished chunk(s) are kept in {parts}; rerun the same command "
+                          "(same input, -o and --chunk-size) to resume where it stopped", markup=False)
+            raise typer.Exit(130) from None
     skipped = f" ({res.n_skipped_chunks} chunks resumed from an earlier run)" if res.n_skipped_chunks else ""
     console.print(f"{res.n_rows} predictions -> {res.output} in {res.seconds:.1f} s "
                   f"({res.samples_per_s:,.0f} samples/s, model {', '.join(res.model_versions)}){skipped}",

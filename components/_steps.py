@@ -98,11 +98,12 @@ def merge_step(parts: list[str | Path], shards_dir: str | Path, out_dir: str | P
 
 
 def infer_value_type(value_type: str, expression: str | Path, samples: str | Path | None = None) -> str:
-    """``value_type`` unless it is ``auto``: then guess from the values (non-negative integers: counts;
-    negative values or a maximum below 50: log-expression; per-sample sums near one million: tpm) and
-    refuse to guess between TPM and FPKM otherwise."""
+    """``value_type`` unless it is ``auto``: then read it off the values with
+    :func:`genexflow.ingest.values.detect_value_type` (the rule is in docs/ingest.md: integer-valued
+    with a wide range is counts, even with a stray negative cell, which ingest then quarantines)."""
     if value_type and value_type != "auto":
         return value_type
+    from genexflow.ingest.values import detect_value_type
     from genexflow.io import read_matrix, read_sample_sheet
 
     path = Path(expression)
@@ -111,19 +112,11 @@ def infer_value_type(value_type: str, expression: str | Path, samples: str | Pat
 
         return Cohort.read(path).value_type.value
     ids = list(read_sample_sheet(samples, check_unique=False).index) if samples else None
-    X = read_matrix(path, "auto", ids).to_numpy(dtype=float)
-    finite = X[np.isfinite(X)]
-    if finite.size == 0:
-        raise InputError(f"{path}: no finite values; cannot infer the value type")
-    if finite.min() < 0 or finite.max() < 50:
-        return "log-expression"
-    if np.all(finite == np.round(finite)):
-        return "counts"
-    sums = np.nansum(X, axis=1)
-    if np.all(np.abs(sums / 1e6 - 1) < 0.05):
-        return "tpm"
-    raise InputError(f"{path}: cannot tell TPM from FPKM (non-integer values, samples not summing to 1e6); "
-                     "pass --value-type tpm or fpkm")
+    df = read_matrix(path, "auto", ids)
+    try:
+        return detect_value_type(df.to_numpy(), df.index, df.columns).value_type.value
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def split_evaluation(metadata: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, ort_session
+from genexflow.io import atomic_output, check_output, parquet_labels
 from genexflow.serving.inputs import build_inputs, output_frame
 
 PARTS_SUFFIX = ".parts"
@@ -96,11 +97,19 @@ class CohortSource:
 
         return read_sample_sheet(self.samples_path)
 
+    def _parquet(self, **kw: Any):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.matrix, **kw)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{self.matrix}: not a readable Parquet file, truncated or corrupt ({exc}); "
+                             "re-export or re-copy it (e.g. `genexflow data` or pandas to_parquet)") from exc
+
     def n_rows(self) -> int:
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(self.matrix).metadata.num_rows
+            return self._parquet().metadata.num_rows
         import anndata as ad
 
         a = ad.read_h5ad(self.matrix, backed="r")
@@ -118,14 +127,10 @@ class CohortSource:
             yield from self._h5ad_chunks(genes, chunk_size, skip)
 
     def _parquet_chunks(self, genes: list[str], chunk_size: int, skip: set[int]) -> Iterator[Chunk]:
-        import pyarrow.parquet as pq
-
         # pre_buffer=False: decode one record batch at a time instead of prefetching whole row groups
-        pf = pq.ParquetFile(self.matrix, pre_buffer=False)
+        pf = self._parquet(pre_buffer=False)
         names = pf.schema_arrow.names
-        meta = pf.schema_arrow.pandas_metadata or {}
-        label = meta["index_columns"][0] if meta.get("index_columns") and isinstance(
-            meta["index_columns"][0], str) else names[0]
+        label = parquet_labels(pf.schema_arrow)[0]
         wanted = set(genes)
         cols = [c for c in names if c in wanted and c != label]
         # decode straight into model gene order (absent genes stay NaN): no alignment copy downstream
@@ -281,7 +286,7 @@ def score_cohort(source: CohortSource | str | Path, output: str | Path, runner: 
     if chunk_size < 1 or concurrency < 1:
         raise InputError("chunk-size and concurrency must be >= 1")
     src = source if isinstance(source, CohortSource) else CohortSource(source)
-    output = Path(output)
+    output = check_output(output, [src.path, src.samples_path], what="output")
     parts = output.with_name(output.name + PARTS_SUFFIX)
     manifest = {"source": src.fingerprint(), "chunk_size": chunk_size, "model": runner.contract_key(),
                 "genes": len(runner.info.input_genes)}
@@ -395,19 +400,17 @@ def _write_part(parts: Path, index: int, df: pd.DataFrame) -> None:
 def _merge(parts: Path, output: Path, n_chunks: int) -> int:
     import pyarrow.parquet as pq
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    writer = None
     n = 0
-    try:
-        for i in range(n_chunks):
-            table = pq.read_table(_part_path(parts, i))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-            n += table.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-    tmp.replace(output)
+    with atomic_output(output) as tmp:
+        writer = None
+        try:
+            for i in range(n_chunks):
+                table = pq.read_table(_part_path(parts, i))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                n += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
     return n

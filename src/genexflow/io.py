@@ -8,9 +8,12 @@ asks the user to say.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +36,9 @@ _PARQUET_CHUNK = 2048  # columns per read; bounds peak memory for wide Parquet f
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; expected a file here (a matrix .csv/.tsv/.parquet or a "
+                         "sample sheet .csv)")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
 
@@ -45,6 +51,111 @@ def _sep_for(path: Path) -> str:
 def _looks_like_genes(labels: Sequence[str]) -> float:
     labels = [str(x) for x in labels[:200]]
     return float(np.mean([bool(_GENE_LIKE.match(x)) for x in labels])) if labels else 0.0
+
+
+# --------------------------------------------------------------------------- safe outputs
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file: equal resolved paths (``./x/../x``, symlinks) or one
+    inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: it cannot be the other
+        return False
+
+
+def _input_files(inputs: Iterable[str | Path | None]) -> list[Path]:
+    """Input paths, with a folder expanded to the files inside it (a cohort folder is an input too)."""
+    files: list[Path] = []
+    for p in inputs:
+        if p is None:
+            continue
+        p = Path(p)
+        files.append(p)
+        if p.is_dir():
+            files.extend(q for q in p.rglob("*") if q.is_file())
+    return files
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path | None] = (), *, what: str = "output") -> Path:
+    """Refuse an output path that would overwrite an input, is a folder, or lies in a folder that cannot
+    be written; return it as a :class:`~pathlib.Path`.
+
+    Parameters
+    ----------
+    out : path of the file to be written
+    inputs : paths the command reads (files or folders; ``None`` entries are skipped)
+    what : how the message names the output (e.g. ``"-o/--out"``)
+
+    Raises
+    ------
+    InputError
+        naming the clash and the fix. Same file means the same resolved path or the same inode, so
+        ``./x/../x/counts.csv``, a symlink and a hard link to an input are all refused.
+    """
+    out = Path(out)
+    for src in _input_files(inputs):
+        if _same_file(out, src):
+            raise InputError(f"{what} {out} is the input file {src}: writing it would destroy the input; "
+                             "choose another output path")
+    if out.is_dir():
+        raise InputError(f"{what} {out} is a folder; give a file name inside it (e.g. {out / 'result.parquet'})")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{what} {out}: {parent} is a file, not a folder; choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {out}: folder {parent} is not writable; choose a writable folder "
+                         "(or fix its permissions)")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success rename it over ``path`` (``os.replace``,
+    atomic on one file system), on any error delete it. An interrupted write never leaves a half file
+    where a good one was: ``path`` holds either its old content or the complete new one.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+    >>> with atomic_output(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # keep the real suffix last: writers pick the format from it (pandas, pyarrow)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: folder {path.parent} is not writable ({exc.strerror}); "
+                         "choose a writable output folder") from exc
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if path.exists():  # keep the permission bits of the file being replaced
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- matrices
@@ -91,6 +202,17 @@ def read_matrix(
     return df
 
 
+def check_unique_ids(df: pd.DataFrame, path: str | Path) -> None:
+    """Refuse repeated sample (row) or gene (column) IDs, naming them."""
+    for what, labels in (("sample", df.index), ("gene", df.columns)):
+        dup = pd.Index(labels)[pd.Index(labels).duplicated()].unique()
+        if len(dup):
+            raise InputError(
+                f"{path}: {len(dup)} repeated {what} ID(s): {', '.join(map(str, dup[:5]))}; each {what} must "
+                f"appear once (genexflow ingest merges repeated genes with --duplicates and reports repeated "
+                "samples)")
+
+
 def _detect_orientation(path: Path, df: pd.DataFrame, first: str, sample_ids: Sequence[str] | None) -> str:
     key = first.lower()
     if key in SAMPLE_ID_COLUMNS:
@@ -116,6 +238,29 @@ def _detect_orientation(path: Path, df: pd.DataFrame, first: str, sample_ids: Se
     )
 
 
+def parquet_labels(schema) -> tuple[str, str, set[str]]:
+    """Which column of a Parquet schema holds the row labels: ``(label column, its display name,
+    pandas index columns that are neither labels nor data)``.
+
+    A pandas index is the row labels when it has a name (``df.set_index("sample_id")``) or when no
+    text column holds them. An unnamed index next to a text first column is a leftover row number (a
+    DataFrame filtered and saved with its index): pandas reads it back as the index and the first column
+    as data; genexflow takes the labels from that first column and ignores the row numbers.
+    """
+    names = schema.names
+    pandas_index = {c for c in names if c.startswith("__index_level_")}
+    meta = schema.pandas_metadata or {}
+    index_col = meta["index_columns"][0] if meta.get("index_columns") and isinstance(
+        meta["index_columns"][0], str) else None
+    index_name = next((c.get("name") for c in meta.get("columns", []) if c.get("field_name") == index_col), None)
+    others = [c for c in names if c != index_col and c not in pandas_index]
+    first_is_text = bool(others) and not _is_number_type(schema.field(others[0]).type)
+    if index_col is not None and (index_name is not None or not first_is_text):
+        return index_col, str(index_name or index_col), pandas_index
+    label = others[0] if others else names[0]
+    return label, label, pandas_index
+
+
 def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFrame, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -128,17 +273,8 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
     names = schema.names
     if not names:
         raise InputError(f"{path}: Parquet file has no columns")
-    pandas_index = [c for c in names if c.startswith("__index_level_")]
-    first = names[0]
-    label_col = first
-    meta = schema.pandas_metadata or {}
-    if meta.get("index_columns") and isinstance(meta["index_columns"][0], str):
-        label_col = meta["index_columns"][0]
-        first = next((c.get("name") or label_col for c in meta.get("columns", [])
-                      if c.get("field_name") == label_col), label_col)
-        positions = [i for i, c in enumerate(names) if c != label_col]
-    else:
-        positions = [i for i, c in enumerate(names) if c != label_col and c not in pandas_index]
+    label_col, first, skipped = parquet_labels(schema)
+    positions = [i for i, c in enumerate(names) if c != label_col and c not in skipped]
     # Columns are addressed by position: a file may repeat a gene ID, and selecting by name would
     # then fail (or pick one); repeated IDs are kept so the caller can report them.
     value_cols = [names[i] for i in positions]
@@ -146,8 +282,7 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
     try:
         labels = pf.read(columns=[label_col]).column(0).to_pylist()
         n = len(labels)
-        bad = [names[i] for i in positions if not (pa.types.is_integer(schema.field(i).type)
-                                                   or pa.types.is_floating(schema.field(i).type))]
+        bad = [names[i] for i in positions if not _is_number_type(schema.field(i).type)]
         if bad:
             raise InputError(
                 f"{path}: {len(bad)} non-numeric column(s), e.g. {bad[:3]} "
@@ -184,6 +319,12 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
         raise InputError(f"{path}: Parquet data could not be read (truncated or corrupt?): {exc}") from exc
     df = pd.DataFrame(out, index=pd.Index(labels), columns=pd.Index(value_cols), copy=False)
     return df, str(first)
+
+
+def _is_number_type(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
 def _read_text(path: Path) -> tuple[pd.DataFrame, str]:
@@ -240,30 +381,34 @@ def _check_numeric(df: pd.DataFrame, path: Path) -> None:
         )
 
 
-def write_matrix(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a samples x genes DataFrame as zstd Parquet (first column ``sample_id``) or CSV/TSV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_matrix(df: pd.DataFrame, path: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Write a samples x genes DataFrame as zstd Parquet (first column ``sample_id``) or CSV/TSV.
+
+    The write is atomic (:func:`atomic_output`), and a ``path`` that is one of ``inputs`` is refused
+    (:func:`check_output`).
+    """
+    path = check_output(path, inputs)
     out = df.copy(deep=False)
     out.index = pd.Index(out.index.astype(str), name=out.index.name or "sample_id")
     out.columns = out.columns.astype(str)
-    if path.suffix in (".parquet", ".pq"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_output(path) as tmp:
+        if path.suffix in (".parquet", ".pq"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        dtypes = set(out.dtypes)
-        if len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.number):
-            # One numeric dtype (every expression matrix): build the columns from one transposed copy.
-            # from_pandas spends ~0.2 ms per column in pandas overhead (3 s for 20,000 genes).
-            cols = np.ascontiguousarray(out.to_numpy().T)
-            arrays = [pa.array(out.index.to_numpy(dtype=object))]
-            arrays += [pa.array(cols[j], from_pandas=True) for j in range(cols.shape[0])]  # NaN -> null
-            table = pa.Table.from_arrays(arrays, names=[str(out.index.name), *map(str, out.columns)])
+            dtypes = set(out.dtypes)
+            if len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.number):
+                # One numeric dtype (every expression matrix): build the columns from one transposed copy.
+                # from_pandas spends ~0.2 ms per column in pandas overhead (3 s for 20,000 genes).
+                cols = np.ascontiguousarray(out.to_numpy().T)
+                arrays = [pa.array(out.index.to_numpy(dtype=object))]
+                arrays += [pa.array(cols[j], from_pandas=True) for j in range(cols.shape[0])]  # NaN -> null
+                table = pa.Table.from_arrays(arrays, names=[str(out.index.name), *map(str, out.columns)])
+            else:
+                table = pa.Table.from_pandas(out.reset_index(), preserve_index=False)
+            pq.write_table(table, tmp, compression="zstd")
         else:
-            table = pa.Table.from_pandas(out.reset_index(), preserve_index=False)
-        pq.write_table(table, path, compression="zstd")
-    else:
-        out.to_csv(path, sep=_sep_for(path))
+            out.to_csv(tmp, sep=_sep_for(path))
     return path
 
 

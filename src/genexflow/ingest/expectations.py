@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from genexflow.cohort import ValueType
+from genexflow.ingest.values import MAX_MAGNITUDE, implausible_mask
 
 MAD_SCALE = 1.4826  # makes the MAD a consistent estimator of the SD for normal data
 _DROP_FROM_JSON = ("unexpected_index_query",)
@@ -66,7 +67,8 @@ def sample_qc_table(X: np.ndarray, sample_ids, value_type: ValueType) -> pd.Data
     Returns
     -------
     DataFrame with one row per sample: ``sample_id``, ``n_missing``, ``missing_fraction``, ``n_inf``,
-    ``n_negative``, ``n_non_integer``, ``zero_fraction``, ``library_size``, ``log10_library_size``,
+    ``n_negative``, ``n_implausible`` (beyond :data:`genexflow.ingest.values.MAX_MAGNITUDE`),
+    ``n_non_integer``, ``zero_fraction``, ``library_size``, ``log10_library_size``,
     ``detected``, ``mean``, ``sd``.
     """
     n, g = X.shape
@@ -82,6 +84,7 @@ def sample_qc_table(X: np.ndarray, sample_ids, value_type: ValueType) -> pd.Data
         Xf = np.where(finite, X, 0).astype(X.dtype, copy=False)
         n_nonint = (Xf != np.round(Xf)).sum(1)
     n_neg = (Xf < 0).sum(1)
+    n_big = implausible_mask(Xf, value_type).sum(1)
     n_zero = (Xf == 0).sum(1) - (g - n_finite)  # masked entries were set to 0 above
     lib = Xf.sum(1, dtype=np.float64)
     detected = (Xf > 0).sum(1)
@@ -98,6 +101,7 @@ def sample_qc_table(X: np.ndarray, sample_ids, value_type: ValueType) -> pd.Data
         "missing_fraction": n_missing / max(g, 1),
         "n_inf": np.asarray(n_inf, dtype=np.int64),
         "n_negative": n_neg.astype(np.int64),
+        "n_implausible": n_big.astype(np.int64),
         "n_non_integer": np.asarray(n_nonint, dtype=np.int64),
         "zero_fraction": zero_fraction,
         "library_size": lib,
@@ -412,8 +416,13 @@ def sample_expectations(qc: pd.DataFrame, value_type: ValueType, *, mad_k: float
                                         description="missing values (NaN) within the limit"),
         E.ExpectColumnValuesToBeBetween(column="zero_fraction", max_value=1.0, strict_max=True, severity="warning",
                                         meta={"rows": "quarantine"}, description="sample is not all zeros"),
+        E.ExpectColumnValuesToBeBetween(column="n_implausible", max_value=0, severity="warning",
+                                        meta={"rows": "quarantine"},
+                                        description=f"no value beyond ±{MAX_MAGNITUDE[value_type]:g} "
+                                                    f"(implausible for {value_type.value})"),
     ]
     ok = (qc["zero_fraction"] < 1) & (qc["n_inf"] == 0) & (qc["missing_fraction"] <= max_missing_fraction)
+    ok &= qc["n_implausible"] == 0
     if value_type != ValueType.LOG:
         ex.append(E.ExpectColumnValuesToBeBetween(column="n_negative", max_value=0, severity="warning",
                                                   meta={"rows": "quarantine"},

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from genexflow.ingest.gene_ids import (
     map_gene_ids,
 )
 from genexflow.ingest.quarantine import QuarantineRecord, write_quarantine
+from genexflow.ingest.values import bad_cells, describe, detect_value_type, missing_cells
 
 COHORT_FILES = ("expression.parquet", "samples.csv", "cohort.json")
 
@@ -133,6 +134,10 @@ class IngestResult:
     run_id: str
     lineage: dict
     data_docs: Path | None = None
+    #: "given", or "detected: <the rule that decided>" for ``value_type="auto"``
+    value_type_source: str = "given"
+    #: missing cells kept in the cohort (imputed at training), as ``sample/gene=nan``
+    missing_values: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         kinds: dict[str, set] = {}
@@ -141,7 +146,10 @@ class IngestResult:
         return {
             "run_id": self.run_id, "cohort": repr(self.cohort), "out_dir": str(self.out_dir),
             "mapping_rate": self.mapping_rate, "dvc_md5": self.dvc_md5,
+            "value_type": self.cohort.value_type.value, "value_type_source": self.value_type_source,
+            "missing_values": len(self.missing_values),
             "quarantined": {k: len(v) for k, v in kinds.items()},
+            "quarantine_reasons": [f"{r.kind} {r.id}: {r.message}" for r in self.quarantined],
             "quarantine_dir": None if self.quarantine_dir is None else str(self.quarantine_dir),
             "warnings": len(self.warnings), "report_html": str(self.report_html),
             "report_json": str(self.report_json),
@@ -212,7 +220,7 @@ def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_
         matrix = c.frame().copy(deep=False)
         name = cfg.name or c.name
         meta = {k: v for k, v in c.meta.items() if k != "lineage"}
-        vt = ValueType.parse(value_type) if value_type is not None else c.value_type
+        vt = ValueType.parse(value_type) if value_type not in (None, "auto") else c.value_type
         if sheet is None:
             sheet = c.samples.copy()
             digests["samples"] = _md5_frame(sheet)
@@ -223,20 +231,19 @@ def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_
         matrix = expression.copy(deep=False)
         matrix.index = pd.Index(matrix.index.astype(str), name="sample_id")
         name = cfg.name or "cohort"
-        if value_type is None:
-            raise InputError("value_type is required (counts, tpm, fpkm or log-expression)")
-        vt = ValueType.parse(value_type)
+        vt = _value_type(value_type, matrix, meta)
         digests["expression"] = _md5_frame(matrix)
         files["expression.parquet"] = matrix
     else:
         path = Path(expression)
         if value_type is None:
-            raise InputError("value_type is required (counts, tpm, fpkm or log-expression)")
-        vt = ValueType.parse(value_type)
+            raise InputError("value_type is required (counts, tpm, fpkm, log-expression or auto)")
         name = cfg.name or default_name(path)
         ids = None if sheet is None else list(sheet.index)
         matrix = _guard(lambda: read_matrix(path, cfg.orientation, ids), {f"expression__{path.name}": path},
                         quarantine_root, run_id, cfg)
+        vt = _guard(lambda: _value_type(value_type, matrix, meta), {f"expression__{path.name}": path},
+                    quarantine_root, run_id, cfg)
         digests["expression"] = _md5_file(path)
         files[f"expression__{path.name}"] = path
     if sheet is None:
@@ -248,6 +255,17 @@ def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_
                      f"({matrix.shape[0]} samples x {matrix.shape[1]} genes after flipping)")
     return _Inputs(matrix=matrix, sheet=sheet, value_type=vt, name=name, meta=meta, digests=digests,
                    files=files, notes=notes)
+
+
+def _value_type(value_type, matrix: pd.DataFrame, meta: dict) -> ValueType:
+    """The given value type, or for ``"auto"`` the detected one (its rule goes to ``meta``)."""
+    if value_type is None:
+        raise InputError("value_type is required (counts, tpm, fpkm, log-expression or auto)")
+    if str(value_type).lower() != "auto":
+        return ValueType.parse(value_type)
+    guess = detect_value_type(matrix.to_numpy(), matrix.index, matrix.columns)
+    meta["value_type_detected"] = guess.rule
+    return guess.value_type
 
 
 _GENERIC_STEMS = {"expression", "counts", "matrix", "data", "tpm", "fpkm", "values", "exprs", "gene_counts"}
@@ -440,6 +458,7 @@ def ingest(
         sheet_only: set[str] = set()
         if not critical:
             records, drop_rows, drop_cols, sheet_only = _dispositions(validator.checks, matrix_ids, mapping)
+            _name_bad_cells(records, matrix, vt)
             # ---- phase 2: what is left
             kept_rows = np.array([i for i in range(len(matrix_ids)) if i not in drop_rows], dtype=int)
             kept_cols = np.array([j for j in range(matrix.shape[1]) if j not in drop_cols], dtype=int)
@@ -462,8 +481,15 @@ def ingest(
     finally:
         validator.close()
 
+    missing = missing_cells(X_raw, matrix_ids, matrix.columns)
+    if missing:
+        warnings_.append(f"{len(missing)} missing value(s) kept as missing (training imputes them: KNN, or the "
+                         f"training gene means): {describe(missing)}")
     report = {
         "run_id": run_id, "name": inputs.name, "value_type": vt.value, "success": not critical,
+        "value_type_source": "detected: " + inputs.meta["value_type_detected"]
+        if "value_type_detected" in inputs.meta else "given",
+        "missing_values": {"n": len(missing), "cells": [str(c) for c in missing[:100]]},
         "inputs": {k: {"md5": v} for k, v in inputs.digests.items()},
         "shape_in": list(matrix.shape), "parameters": params,
         "mapping": mapping.summary(), "duplicate_policy": policy,
@@ -544,7 +570,8 @@ def ingest(
     return IngestResult(
         cohort=cohort, out_dir=out_dir, report_json=rjson, report_html=rhtml, quarantined=records,
         quarantine_dir=qpath, warnings=warnings_, mapping_rate=mapping.mapping_rate, dvc_md5=md5, run_id=run_id,
-        lineage=lineage, data_docs=data_docs,
+        lineage=lineage, data_docs=data_docs, value_type_source=report["value_type_source"],
+        missing_values=[str(c) for c in missing],
     )
 
 
@@ -605,6 +632,25 @@ def _dispositions(checks, matrix_ids: pd.Index, mapping):
                     records.append(QuarantineRecord(kind="sheet_row", id=key, suite=c.suite, check=c.name,
                                                     column=c.column, value=value, message=msg))
     return records, drop_rows, drop_cols, sheet_only
+
+
+_CELL_CHECKS = ("n_negative", "n_inf", "n_implausible")
+
+
+def _name_bad_cells(records: list[QuarantineRecord], matrix: pd.DataFrame, vt: ValueType) -> None:
+    """Add the offending cells (sample/gene=value) to the reasons of samples quarantined for bad values."""
+    rows = {r.id for r in records if r.kind == "sample" and r.column in _CELL_CHECKS}
+    if not rows:
+        return
+    pos = [i for i, s in enumerate(matrix.index.astype(str)) if s in rows]
+    sub = matrix.iloc[pos]
+    cells = bad_cells(sub.to_numpy(), vt, sub.index, sub.columns)
+    by_sample: dict[str, list] = {}
+    for c in cells:
+        by_sample.setdefault(c.sample, []).append(c)
+    for k, r in enumerate(records):
+        if r.kind == "sample" and r.column in _CELL_CHECKS and by_sample.get(r.id):
+            records[k] = replace(r, message=f"{r.message} (cells: {describe(by_sample[r.id])})")
 
 
 def _quarantine_summary(records: list[QuarantineRecord], qpath: Path | None) -> dict:
