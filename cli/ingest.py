@@ -32,8 +32,8 @@ def ingest(
     expression: Path = typer.Argument(..., help="Expression matrix (.csv/.tsv/.parquet, either orientation), "
                                                 "or a cohort folder / .h5ad."),
     samples: Path = typer.Option(None, "--samples", "-s", help="Sample sheet (CSV/TSV, first column sample_id)."),
-    value_type: str = typer.Option(None, "--value-type", help="counts, tpm, fpkm or log-expression "
-                                                              "(required unless EXPRESSION is a cohort)."),
+    value_type: str = typer.Option(None, "--value-type", help="counts, tpm, fpkm, log-expression or auto "
+                                                              "(read off the numbers, docs/ingest.md; required unless EXPRESSION is a cohort)."),
     label_column: str = typer.Option(None, "--label-column", help="Sample-sheet column with the class label."),
     allowed_labels: str = typer.Option(None, "--allowed-labels", help="Comma-separated allowed label values; "
                                                                       "other samples are quarantined."),

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from _hardening import cli, counts, digest, sheet
+
 from genexflow.errors import InputError
 from genexflow.io import atomic_output, check_output, read_matrix, write_matrix
 

@@ -88,7 +88,7 @@ def sample_qc_table(X: np.ndarray, sample_ids, value_type: ValueType) -> pd.Data
     n_zero = (Xf == 0).sum(1) - (g - n_finite)  # masked entries were set to 0 above
     lib = Xf.sum(1, dtype=np.float64)
     detected = (Xf > 0).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         mean = lib / n_finite
         sq = np.einsum("ij,ij->i", Xf, Xf, dtype=np.float64) if Xf.dtype.kind == "f" else (
             (Xf.astype(np.float64) ** 2).sum(1))
