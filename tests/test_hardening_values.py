@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from _hardening import cli, counts, digest, sheet
+
 from genexflow.cohort import ValueType
 from genexflow.components import _steps
 from genexflow.errors import InputError
