@@ -55,6 +55,14 @@ class PathwayNetConfig:
         sum_{j<l} <v_kj, v_kl> s_j s_l, with s the pathway scores from a learned member-gene pooling. It
         models pathway crosstalk (one program's effect depending on another's state, e.g. an XOR of two
         pathway activities) with P·r·K parameters and two thin matrix products.
+    pathway_heads : int
+        Hidden width of the pathway-specific auxiliary heads (0 disables them): one small classifier (or
+        regressor) per pathway that reads only that pathway's member genes (their mean and mean square,
+        i.e. activity and spread) and is trained jointly with the main output. Each head's held-out score
+        is a "modular" reading of which programs carry the label on their own. The main output, and so
+        the ONNX export, is unchanged.
+    pathway_head_weight : float
+        Weight of the heads' mean loss in the total.
     """
 
     n_genes: int
@@ -95,6 +103,9 @@ class PathwayNetConfig:
     gene_l2: float = 0.0
     # pathway crosstalk (factorization machine over pathway scores)
     pathway_interactions: int = 4
+    # pathway-specific auxiliary heads (the "modular" reading)
+    pathway_heads: int = 0
+    pathway_head_weight: float = 0.1
 
     def __post_init__(self) -> None:
         self.readout_dims = tuple(int(d) for d in self.readout_dims)
@@ -118,6 +129,9 @@ class PathwayNetConfig:
                              "pathway_interactions)")
         if self.pathway_interactions < 0:
             raise InputError(f"pathway_interactions must be >= 0, got {self.pathway_interactions}")
+        if self.pathway_heads < 0 or self.pathway_head_weight < 0:
+            raise InputError("pathway_heads and pathway_head_weight must be >= 0, got "
+                             f"{self.pathway_heads}, {self.pathway_head_weight}")
         if self.gene_l1 < 0 or self.gene_l2 < 0:
             raise InputError(f"gene_l1 and gene_l2 must be >= 0, got {self.gene_l1}, {self.gene_l2}")
         for name in ("gcn_dropout", "attn_dropout", "head_dropout"):

@@ -53,6 +53,9 @@ class PathwayNetOutput(NamedTuple):
         Self-attention weights per encoder layer, in eval mode or with ``return_attention=True`` (a
         tuple, not a stacked copy: at 300 pathways each layer is ~12 M floats); token 0 is the class token,
         token k + 1 pathway k. Rows sum to 1.
+    pathway_logits : Tensor of shape (B, P, K) or None
+        The pathway-specific heads' outputs (``config.pathway_heads > 0``): pathway k's own prediction
+        from its member genes alone.
     """
 
     logits: Tensor
@@ -60,6 +63,7 @@ class PathwayNetOutput(NamedTuple):
     latent: Tensor | None
     logvar: Tensor | None
     attention: tuple[Tensor, ...] | None
+    pathway_logits: Tensor | None = None
 
 
 @dataclass
@@ -99,6 +103,10 @@ class PathwayNet(nn.Module):
     >>> net(torch.randn(4, 50), torch.randn(4, 2)).logits.shape
     torch.Size([4, 3])
     """
+
+    #: Parameters of the auxiliary pathway heads: they do not feed the main output, so the trainer's
+    #: early stopping (on the main loss) does not roll them back.
+    auxiliary_prefixes = ("ph_",)
 
     def __init__(self, config: PathwayNetConfig, membership: np.ndarray, graph=None):
         super().__init__()
@@ -180,6 +188,17 @@ class PathwayNet(nn.Module):
             # Sums each output's r factor products: a constant (K·r, K) matmul keeps every ONNX shape static.
             self.register_buffer("fm_sum", torch.repeat_interleave(torch.eye(c.n_outputs), c.pathway_interactions, 0),
                                  persistent=False)
+        if c.pathway_heads:
+            # One tiny MLP per pathway over its members' mean and mean square (batched as einsums, so P
+            # heads cost two thin matmuls); they read the fixed membership only, so each is that pathway's
+            # own reading, never mixed with other programs.
+            size = np.maximum(M.sum(0, keepdims=True), 1.0)
+            self.register_buffer("ph_pool", torch.as_tensor(M / size), persistent=False)
+            h, K = c.pathway_heads, c.n_outputs
+            self.ph_w1 = nn.Parameter(torch.randn(c.n_pathways, 2, h) * (1 / np.sqrt(2)))
+            self.ph_b1 = nn.Parameter(torch.zeros(c.n_pathways, h))
+            self.ph_w2 = nn.Parameter(torch.randn(c.n_pathways, h, K) * (1 / np.sqrt(h)))
+            self.ph_b2 = nn.Parameter(torch.zeros(c.n_pathways, K))
         if c.gene_linear:
             # Wide path, zero-initialized; the trainer can start it from a penalized GLM fitted on the
             # training rows (see genexflow.training.wide) and then learns the deep residual on top.
@@ -271,7 +290,14 @@ class PathwayNet(nn.Module):
             logits = logits + self.crosstalk(x3)
         if c.gene_linear:
             logits = logits + self.wide(expression)
-        return PathwayNetOutput(logits, reconstruction, latent, logvar, attention)
+        pathway_logits = self.pathway_head_logits(expression) if c.pathway_heads else None
+        return PathwayNetOutput(logits, reconstruction, latent, logvar, attention, pathway_logits)
+
+    def pathway_head_logits(self, expression: Tensor) -> Tensor:
+        """Each pathway's own prediction from its member genes: (B, P, K)."""
+        feats = torch.stack([expression @ self.ph_pool, expression.pow(2) @ self.ph_pool], -1)  # (B, P, 2)
+        hidden = F.gelu(torch.einsum("bpi,pih->bph", feats, self.ph_w1) + self.ph_b1)
+        return torch.einsum("bph,phk->bpk", hidden, self.ph_w2) + self.ph_b2
 
     def crosstalk(self, x3: Tensor) -> Tensor:
         """Factorization-machine logits over pathway scores: γ/2 Σ_f [(s V_f)² − s² V_f²], per output (B, K);
@@ -305,11 +331,22 @@ class PathwayNet(nn.Module):
         if output.logvar is not None:
             kl = (-0.5 * (1 + output.logvar - output.latent.pow(2) - output.logvar.exp()).sum(1)).mean()
         total = pred + c.recon_weight * rec + c.kl_weight * kl
+        heads = zero
+        if output.pathway_logits is not None:
+            B, P, K = output.pathway_logits.shape
+            if c.task == "classification":
+                heads = F.cross_entropy(output.pathway_logits.reshape(B * P, K), target.long().repeat_interleave(P),
+                                        weight=class_weight)
+            else:
+                heads = F.mse_loss(output.pathway_logits[..., 0], target.to(output.logits.dtype)[:, None].expand(B, P))
+            total = total + c.pathway_head_weight * heads
         if c.gene_linear and (c.gene_l1 or c.gene_l2):
             w = self.wide.weight
             total = total + c.gene_l1 * w.abs().sum() + c.gene_l2 * w.pow(2).sum()
         metrics = {"loss": float(total.detach()), "prediction_loss": float(pred.detach()),
                    "reconstruction_loss": float(rec.detach()), "kl": float(kl.detach())}
+        if output.pathway_logits is not None:
+            metrics["pathway_head_loss"] = float(heads.detach())
         if c.task == "classification":
             metrics["accuracy"] = float((output.logits.argmax(1) == target).float().mean())
         return PathwayNetLoss(total, pred, rec, kl, metrics)

@@ -260,6 +260,18 @@ class CVResult:
     predictions: pd.DataFrame
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     split_kind: str = "stratified"
+    #: Pathway-specific heads' held-out scores per fold (``model.pathway_heads > 0``), see
+    #: :mod:`genexflow.training.modular`; empty otherwise.
+    modular: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def modular_summary(self) -> pd.DataFrame:
+        """Each pathway head's held-out score averaged over folds, best first (the "modular" reading)."""
+        if self.modular.empty:
+            return self.modular
+        num = self.modular.drop(columns=["split"]).groupby("pathway").mean()
+        from genexflow.training.modular import RANK_METRIC
+
+        return num.sort_values(RANK_METRIC[self.task], ascending=False, kind="stable")
 
     @property
     def models(self) -> list[str]:
@@ -368,6 +380,11 @@ def _run_fold(fold: PreparedFold, sp: Split, cfg: TrainConfig, class_names: list
         out = predict_module(res.module, fold.test, cfg.task, res.target_mean, res.target_std)
         outputs[DEEP] = out["proba"] if cfg.task == "classification" else out["prediction"]
         histories[sp.name] = res.history
+        if "pathway_output" in out:
+            from genexflow.training.modular import modular_scores
+
+            m = modular_scores(y_test, out["pathway_output"], fold.priors.pathways, cfg.task)
+            histories.setdefault("_modular", []).append(m.reset_index().assign(split=sp.name))
         info = {**base, "seconds": time.perf_counter() - t0 + fold.seconds, "best_epoch": res.best_epoch}
         _record(fold_rows, DEEP, info, cfg.task, y_test, outputs[DEEP], on_fold, sp)
     for name in names:
@@ -393,7 +410,9 @@ def _result(task: str, labels: Labels, fold_rows: list, pred_rows: list, histori
     folds = pd.DataFrame(fold_rows)
     folds.attrs["n_unlabeled"] = int((~labels.labeled).sum())
     preds = pd.concat(pred_rows, ignore_index=True) if pred_rows else pd.DataFrame()
-    return CVResult(task, labels.class_names, folds, preds, histories, kind)
+    modular = histories.pop("_modular", [])
+    return CVResult(task, labels.class_names, folds, preds, histories, kind,
+                    pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
 
 
 def _baseline_inputs(fold: PreparedFold, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -325,5 +325,7 @@ def nested_cv(
     folds.attrs["n_unlabeled"] = int((~labels.labeled).sum())
     preds = pd.concat([p.predictions for p in parts], ignore_index=True)
     hist = {k: v for p in parts for k, v in p.histories.items()}
-    cv = CVResult(cfg.task, labels.class_names, folds, preds, hist, split)
+    modular = [p.modular for p in parts if not p.modular.empty]
+    cv = CVResult(cfg.task, labels.class_names, folds, preds, hist, split,
+                  pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
     return NestedCVResult(cv, best_params, inner_best, searched)

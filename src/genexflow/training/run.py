@@ -238,6 +238,8 @@ def log_cv(tracker: Any, cvres: CVResult) -> dict[str, float]:
     if cvres.split_kind == "lobo":
         tracker.log_table(cvres.per_group("accuracy"), "comparison/per_batch_accuracy")
     tracker.log_text(cvres.predictions.to_csv(index=False), "predictions/out_of_fold.csv")
+    if not cvres.modular.empty:  # pathway-specific heads: each program's own held-out score
+        tracker.log_table(cvres.modular_summary(), "modular/pathway_heads")
     if cvres.histories:
         tracker.log_figure(plots.learning_curves(cvres.histories, "CV learning curves"), "plots/learning_curves_cv.png")
     # Pooled out-of-fold (first repeat) curves and bootstrap CIs.

@@ -439,6 +439,11 @@ class Trainer:
                     cb(epoch, rec)
             if bad >= cfg.patience:
                 break
+        # Auxiliary heads (a module's ``auxiliary_prefixes``, e.g. PathwayNet's pathway heads) do not feed
+        # the monitored loss, so the best epoch says nothing about them: they keep their last weights.
+        aux = tuple(getattr(module, "auxiliary_prefixes", ()))
+        if aux:
+            best_state.update({k: v for k, v in module.state_dict().items() if k.startswith(aux)})
         module.load_state_dict(best_state)
         module.eval()
         return TrainResult(module=module, history=history, best_epoch=best[1], best_val_loss=best[0],
@@ -514,8 +519,9 @@ def predict_module(module, data: TensorData, task: str, target_mean: float = 0.0
     Returns
     -------
     dict
-        ``proba`` (n, n_classes) or ``prediction`` (n,), plus ``latent`` and ``attention`` when the
-        module's output carries them (numpy arrays, first axis samples).
+        ``proba`` (n, n_classes) or ``prediction`` (n,), plus ``latent``, ``attention`` and
+        ``pathway_output`` (the pathway-specific heads: (n, P, K) probabilities or (n, P) predictions) when
+        the module's output carries them (numpy arrays, first axis samples).
     """
     import torch
 
@@ -535,6 +541,10 @@ def predict_module(module, data: TensorData, task: str, target_mean: float = 0.0
             v = _field(out, "latent")
             if isinstance(v, torch.Tensor):
                 parts.setdefault("latent", []).append(v.float().cpu().numpy())
+            ph = _field(out, "pathway_logits")
+            if isinstance(ph, torch.Tensor):  # pathway-specific heads: (n, P, K) probabilities / (n, P)
+                ph = torch.softmax(ph.float(), -1) if task == "classification" else ph[..., 0] * target_std + target_mean
+                parts.setdefault("pathway_output", []).append(ph.float().cpu().numpy())
             att = pathway_attention(module, out)
             if att is not None:
                 parts.setdefault("attention", []).append(att.float().cpu().numpy())
