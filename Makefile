@@ -12,7 +12,7 @@ help:
 	@echo "make test   - install (first run) and run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks (slow; prints tables with peers side by side)"
-	@echo "make sysdeps    - (root) apt-get install the Debian packages the tests need (PostgreSQL), if missing"
+	@echo "make sysdeps    - (root) apt-get install the Debian packages the tests need (PostgreSQL, R + Bioconductor), if missing"
 	@echo "make triton-env - create the local Triton server venv (.genexflow/triton-venv)"
 	@echo "make tools-env  - create .venv-tools (checkov, pip-audit; kept apart from the pinned set)"
 	@echo "make audit      - pip-audit the pinned dependency set (needs network access to the advisory DB)"
@@ -35,9 +35,11 @@ test: install sysdeps triton-env tools-env
 	$(PY) -m pytest -q
 
 # --- infrastructure helpers (docs/infra.md) -------------------------------------------------------------
-# Debian packages the tests use: PostgreSQL (MLflow-on-Postgres concurrency test). Installed only when
-# running as root on a Debian-like system and only if missing; otherwise that test skips with a message.
-SYSDEPS := postgresql
+# Debian packages the tests use: PostgreSQL (MLflow-on-Postgres concurrency test) and R with the Bioconductor
+# packages the parity tests call through Rscript (tests/test_r_*.py: sva 3.46, edgeR 3.40.2, impute 1.72.3,
+# limma). Installed only when running as root on a Debian-like system and only if missing; otherwise the
+# tests that need them skip with a message.
+SYSDEPS := postgresql r-base-core r-bioc-sva r-bioc-edger r-bioc-impute r-bioc-limma
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -69,14 +69,10 @@ def adjusted_profile_lik(disp: np.ndarray, y: np.ndarray, design: np.ndarray, of
         nb = y * np.log(mu) - y * logmur + r * np.log(r) - r * logmur + gammaln(y + r) - gammaln(y + 1) - gammaln(r)
         pois = y * np.log(mu) - mu - gammaln(y + 1)
     ll = np.where(pos, np.where(phi > 0, nb, pois), 0.0).sum(axis=1)
-    # edgeR 3.40's compute_apl (R_compute_apl.cpp) skips libraries with a zero fitted value without
-    # resetting their working weight, which keeps the value of the previous gene (row) of the call
-    # (0 before the first). edgeR 4 resets it to 0. Reproduced: forward fill down the rows.
-    wz = np.where(pos, mu / (1 + phi * mu), np.nan)
-    if not pos.all():
-        idx = np.where(pos, np.arange(G)[:, None], -1)
-        np.maximum.accumulate(idx, axis=0, out=idx)
-        wz = np.where(idx >= 0, wz[np.maximum(idx, 0), np.arange(n)[None, :]], 0.0)
+    # edgeR 3.40.2's compute_apl (Debian r-bioc-edger, checked against its output) computes the working
+    # weight of every library from its fitted value, so a library with a zero fitted value (a group with
+    # only zero counts) adds 0 to XtWX and the singular pivot is clamped to log(1e-10).
+    wz = np.where(pos, mu / (1 + phi * mu), 0.0)
     p = design.shape[1]
     if p == 1:
         with np.errstate(divide="ignore"):
@@ -430,7 +426,8 @@ def brent_fmin(f, ax: float, bx: float, tol: float) -> float:
         if abs(p) >= abs(q * 0.5 * r) or p <= q * (a - x) or p >= q * (b - x):
             e = (b - x) if x < xm else (a - x)
             d = c * e
-        else:
+        else:  # parabolic step
+            d = p / q
             u = x + d
             if u - a < t2 or b - u < t2:
                 d = tol1 if x < xm else -tol1
