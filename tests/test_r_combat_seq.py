@@ -16,15 +16,19 @@ from genexflow.preprocessing.combat_seq import ComBatSeq
 
 # Counts may land one step apart: the common dispersion comes from Brent's search on a sum of ~10^4
 # log-likelihoods, where the last-bit differences of lgamma between scipy and the C library can move the
-# optimum within optimize's tolerance.
+# optimum within optimize's tolerance. Near-saturated designs (5 samples, 4 coefficients) can map a count
+# to ~1e20 in both R and here; those agree to ~1e-12 relative, not to the unit.
 MAX_STEP = 1
 MAX_FRACTION_OFF = 1e-3
 
 
 def _check(ours, ref, what):
     diff = np.abs(ours - ref)
-    assert diff.max() <= MAX_STEP and (diff > 0).mean() <= MAX_FRACTION_OFF, (
-        f"{what}: max |ours - sva| = {diff.max()}, {(diff > 0).mean():.2%} of entries differ")
+    off = diff > 1e-9 * np.abs(ref)
+    worst = float((diff / np.maximum(1.0, 1e-9 * np.abs(ref))).max())
+    assert worst <= MAX_STEP and off.mean() <= MAX_FRACTION_OFF, (
+        f"{what}: max |ours - sva| = {diff.max()} (in units of max(1, 1e-9 |sva|): {worst}), "
+        f"{off.mean():.3%} of entries differ")
 
 
 def _random_case(rng, G=250):

@@ -229,7 +229,8 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
         eta = np.log(lib)[None, :] + self.alpha_[:, None] + self.coef_ @ design.T
         mu_hat = np.exp(eta)
         gamma = self.gamma_hat_[:, bidx]
-        mu_star = np.exp(np.log(mu_hat) - gamma)
+        with np.errstate(divide="ignore"):  # a zero fitted mean stays 0, as exp(log(0) - gamma) in R
+            mu_star = np.exp(np.log(mu_hat) - gamma)
         old_size = 1 / self.phi_hat_[:, bidx]
         new_size = np.broadcast_to(1 / self.phi_star_[:, None], Y.shape)
         out = Y.copy()
