@@ -366,9 +366,9 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
     preprocessing, which must be the one in ``preprocessor_path``); logged as ``heldout_*`` metrics to the
     training run when ``run_id`` is given."""
     from genexflow.cohort import Cohort
+    from genexflow.metrics import evaluate
     from genexflow.training.baselines import baseline_names, fit_predict_baseline
     from genexflow.training.cv import encode_labels, transform
-    from genexflow.training.metrics import evaluate
     from genexflow.training.model import TrainedModel
 
     model = TrainedModel.load(bundle_dir)

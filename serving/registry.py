@@ -30,6 +30,7 @@ import numpy as np
 
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, load_artifact, sha256_file
+from genexflow.metrics import evaluate_labels, higher_is_better
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -117,7 +118,7 @@ class GatePolicy:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric not in ("rmse", "mae", "log_loss", "mse")
+        return higher_is_better(self.metric)
 
 
 @dataclass
@@ -131,38 +132,6 @@ class GateDecision:
     time: str
 
 
-def evaluate_metrics(task: str, y_true: np.ndarray, output: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """Held-out metrics of model ``output`` (probabilities (n, K) or predictions (n, 1)) against ``y_true``."""
-    from sklearn import metrics as skm
-
-    if task != "classification":
-        y = np.asarray(y_true, float)
-        p = np.asarray(output, float).reshape(-1)
-        return {"rmse": float(np.sqrt(np.mean((y - p) ** 2))), "mae": float(np.mean(np.abs(y - p))),
-                "r2": float(skm.r2_score(y, p))}
-    labels = np.asarray(list(map(str, y_true)))
-    known = np.isin(labels, class_names)
-    if not known.all():
-        bad = sorted(set(labels[~known]))[:5]
-        raise InputError(f"held-out labels {bad} are not among the model's classes {class_names}")
-    lookup = {c: i for i, c in enumerate(class_names)}
-    y = np.array([lookup[v] for v in labels], dtype=np.int64)
-    proba = np.asarray(output, float)
-    pred = proba.argmax(axis=1)
-    clipped = np.clip(proba, 1e-7, 1.0)  # float32 softmax rows sum to 1 only within ~1e-7
-    out = {"accuracy": float(skm.accuracy_score(y, pred)),
-           "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
-           "macro_f1": float(skm.f1_score(y, pred, average="macro")),
-           "log_loss": float(skm.log_loss(y, clipped / clipped.sum(axis=1, keepdims=True),
-                                          labels=list(range(len(class_names)))))}
-    if len(set(y)) > 1:
-        if len(class_names) == 2:
-            out["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]))
-        elif len(set(y)) == len(class_names):
-            out["roc_auc"] = float(skm.roc_auc_score(y, proba, multi_class="ovr"))
-    return out
-
-
 def evaluate_artifact(artifact: ServingArtifact, cohort: Any, label_column: str | None = None) -> dict[str, float]:
     """Metrics of ``artifact`` on a held-out :class:`~genexflow.cohort.Cohort` (in-process onnxruntime)."""
     from genexflow.export import run_onnx
@@ -174,7 +143,7 @@ def evaluate_artifact(artifact: ServingArtifact, cohort: Any, label_column: str 
     feeds, _ = build_inputs(info, cohort.frame(), cohort.samples, [i.name for i in artifact.inputs])
     out = run_onnx(artifact.onnx_path, feeds, threads=2)
     first = artifact.outputs[0].name
-    return evaluate_metrics(info.task, y, out[first], info.class_names)
+    return evaluate_labels(info.task, y, out[first], info.class_names)
 
 
 class Registry:

@@ -10,7 +10,8 @@ import pytest
 from _serving_servers import mlflow_server, prestart_mlflow
 
 from genexflow.errors import InputError
-from genexflow.serving.registry import CHALLENGER, CHAMPION, GatePolicy, Registry, evaluate_metrics
+from genexflow.metrics import evaluate_labels
+from genexflow.serving.registry import CHALLENGER, CHAMPION, GatePolicy, Registry
 from genexflow.serving.repository import ModelRepository
 from genexflow.serving.toy import make_toy_artifact, toy_cohort
 
@@ -134,8 +135,9 @@ def test_deploy_refuses_artifact_that_differs_from_registry(registry, artifacts,
     assert not (gpu.path / "model.py").exists() and (gpu.path / "model.onnx").exists()
 
 
-def test_metrics_regression_and_unknown_labels():
-    m = evaluate_metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([[1.0], [2.0], [4.0]]), [])
+def test_gate_metrics_regression_and_unknown_labels():
+    """The gate scores with genexflow.metrics (the same numbers CV reports)."""
+    m = evaluate_labels("regression", np.array([1.0, 2.0, 3.0]), np.array([[1.0], [2.0], [4.0]]))
     assert m["rmse"] == pytest.approx(np.sqrt(1 / 3)) and m["mae"] == pytest.approx(1 / 3)
     with pytest.raises(InputError, match="not among"):
-        evaluate_metrics("classification", np.array(["x"]), np.array([[0.5, 0.5]]), ["a", "b"])
+        evaluate_labels("classification", np.array(["x"]), np.array([[0.5, 0.5]]), ["a", "b"])

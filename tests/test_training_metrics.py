@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
 from genexflow.errors import InputError
-from genexflow.training.config import TrainConfig
-from genexflow.training.metrics import (
+from genexflow.metrics import (
     bootstrap_ci,
     classification_metrics,
     confusion,
@@ -16,6 +16,7 @@ from genexflow.training.metrics import (
     regression_metrics,
     summarize,
 )
+from genexflow.training.config import TrainConfig
 from genexflow.training.splits import leave_one_batch_out, make_splits, stratified_kfold, train_val_split
 
 
@@ -130,7 +131,7 @@ def test_config_refuses_label_as_covariate_and_bad_values():
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_fast_metrics_equal_reference(k):
-    from genexflow.training.metrics import fast_classification_metrics
+    from genexflow.metrics import fast_classification_metrics
 
     y, p = _proba(n=90, k=k, seed=k)
     p[:5] = p[5]  # ties in the scores
@@ -138,3 +139,35 @@ def test_fast_metrics_equal_reference(k):
     fast = fast_classification_metrics(y, p)
     for key, v in fast.items():
         assert v == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_one_metrics_module_for_cv_gate_and_monitoring():
+    """CV (class indices), the gate (label strings through evaluate_labels) and monitoring's
+    performance-decay check (a prediction frame) give the same numbers for the same predictions,
+    and they match scikit-learn."""
+    from genexflow.metrics import evaluate, evaluate_labels
+    from genexflow.profile import prediction_frame, reference_performance
+
+    rng = np.random.default_rng(4)
+    names = ["ALL", "AML", "MLL"]
+    y = rng.integers(0, 3, 60)
+    proba = rng.dirichlet(np.ones(3), 60)
+    proba[np.arange(60), y] += 0.6 * (rng.random(60) < 0.6)  # better than chance, not perfect
+    proba /= proba.sum(1, keepdims=True)
+    labels = np.asarray(names)[y]
+    cv = evaluate("classification", y, proba)
+    gate = evaluate_labels("classification", labels, proba, names)
+    perf = reference_performance(labels, prediction_frame(proba, np.arange(60), names), "classification")
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "log_loss"):
+        assert gate[k] == pytest.approx(cv[k]) and perf[k] == pytest.approx(cv[k]), k
+    assert cv["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, proba.argmax(1)))
+    assert cv["roc_auc"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr"))
+    # hard labels only (no probabilities): the label-based metrics, still the same values
+    hard = reference_performance(labels, prediction_frame(np.asarray(names)[proba.argmax(1)], np.arange(60)),
+                                 "classification")
+    assert hard["balanced_accuracy"] == pytest.approx(cv["balanced_accuracy"]) and "roc_auc" not in hard
+    t = rng.normal(size=30)
+    pred = t + rng.normal(0, 0.3, 30)
+    reg = reference_performance(t, pd.DataFrame({"pred_value": pred}), "regression")
+    assert reg["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(t, pred)))
+    assert reg["r2"] == pytest.approx(evaluate("regression", t, pred)["r2"]) == pytest.approx(skm.r2_score(t, pred))

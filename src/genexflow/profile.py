@@ -38,6 +38,7 @@ import pandas as pd
 from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
+from genexflow.metrics import evaluate_labels
 
 PROFILE_VERSION = 1
 QC_COLUMNS = ("qc_log10_library_size", "qc_detected_fraction", "qc_missing_fraction", "qc_mean_log_expression",
@@ -413,25 +414,34 @@ def _fit_pca(Z: np.ndarray, fit_rows: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 
 def reference_performance(labels: Any, predictions: pd.DataFrame, task: str) -> dict[str, float]:
-    """Performance of predictions against labels: accuracy, balanced accuracy and macro F1, or RMSE and
-    R^2 (the names the training metrics use, so a bundle's CV metrics can serve as the reference)."""
-    from sklearn import metrics
-
+    """Performance of predictions against labels, scored by :mod:`genexflow.metrics` (the module
+    that scores cross-validation and the registry gate, so a bundle's out-of-fold metrics are a like-for-like
+    reference): accuracy, balanced accuracy, macro F1 (+ AUCs and log-loss when class probabilities are
+    given), or R^2, MAE, RMSE and Pearson r; plus ``n_labelled``."""
     y = pd.Series(labels).to_numpy()
     ok = pd.notna(y)
     if ok.sum() == 0:
         return {}
     if task == "regression":
-        yhat = predictions["pred_value"].to_numpy(np.float64)[ok]
-        yt = y[ok].astype(np.float64)
-        return {"rmse": float(np.sqrt(metrics.mean_squared_error(yt, yhat))), "r2": float(metrics.r2_score(yt, yhat)),
-                "n_labelled": int(ok.sum())}
-    yhat = predictions["pred_label"].astype(str).to_numpy()[ok]
+        out = evaluate_labels(task, y[ok].astype(np.float64), predictions["pred_value"].to_numpy(np.float64)[ok])
+        return {**out, "n_labelled": int(ok.sum())}
     yt = y[ok].astype(str)
-    return {"accuracy": float(metrics.accuracy_score(yt, yhat)),
-            "balanced_accuracy": float(metrics.balanced_accuracy_score(yt, yhat)),
-            "macro_f1": float(metrics.f1_score(yt, yhat, labels=np.unique(yt), average="macro", zero_division=0)),
-            "n_labelled": int(ok.sum())}
+    probs = [c for c in predictions.columns if str(c).startswith("pred_prob_")]
+    names = [str(c).removeprefix("pred_prob_") for c in probs]
+    if probs:
+        proba = predictions[probs].to_numpy(np.float64)[ok]
+    else:  # hard labels only: one-hot (the label-based metrics do not need probabilities)
+        names = sorted(set(predictions["pred_label"].astype(str)))
+        yhat = predictions["pred_label"].astype(str).to_numpy()[ok]
+        proba = (yhat[:, None] == np.asarray(names)[None, :]).astype(np.float64)
+    extra = sorted(set(yt) - set(names))  # a class the model never predicts (new in monitoring)
+    if extra:
+        names = names + extra
+        proba = np.hstack([proba, np.zeros((len(proba), len(extra)))])
+    out = evaluate_labels(task, yt, proba, names)
+    if not probs:  # one-hot "probabilities" give no meaningful AUC, calibration or log-loss
+        out = {k: out[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    return {**out, "n_labelled": int(ok.sum())}
 
 
 # ---------------------------------------------------------------------------------------------- builder

@@ -9,9 +9,9 @@ Main entry points::
     train_and_track(cohort, cfg, cv=5, hpo_trials=0)     # the tracked run behind `genexflow train`
 """
 
+from genexflow.metrics import bootstrap_ci, classification_metrics, evaluate, regression_metrics
 from genexflow.training.config import MODEL_PRESETS, TrainConfig
 from genexflow.training.cv import CVResult, cross_validate, external_validation
-from genexflow.training.metrics import bootstrap_ci, classification_metrics, evaluate, regression_metrics
 from genexflow.training.model import TrainedModel, predict
 from genexflow.training.run import RunOutcome, train_and_track
 from genexflow.training.splits import (

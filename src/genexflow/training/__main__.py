@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             record: dict = {"world_size": dist.world_size, "history": model.history,
                             "best_epoch": model.info.extra["best_epoch"]}
             if args.eval:
+                from genexflow.metrics import evaluate
                 from genexflow.training.cv import encode_labels
-                from genexflow.training.metrics import evaluate
 
                 ev, _ = load_training_cohort(args.eval, None, None)
                 lab = encode_labels(ev, cfg, model.info.class_names or None)

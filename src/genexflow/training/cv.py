@@ -19,9 +19,9 @@ import pandas as pd
 from genexflow.bundle import CovariateSpec, encode_covariates, fit_covariates
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.metrics import evaluate, summarize
 from genexflow.training.baselines import baseline_names, fit_predict_baseline
 from genexflow.training.config import TrainConfig
-from genexflow.training.metrics import evaluate, summarize
 from genexflow.training.splits import Split, make_splits, train_val_split
 from genexflow.training.trainer import EpochCallback, TensorData, Trainer, TrainResult, predict_module
 

@@ -22,14 +22,14 @@ import numpy as np
 
 from genexflow.bundle import PickledPreprocessing
 from genexflow.cohort import Cohort
-from genexflow.training.config import TrainConfig
-from genexflow.training.cv import DEEP, CVResult, cross_validate
-from genexflow.training.metrics import (
+from genexflow.metrics import (
     bootstrap_ci,
     confusion,
     fast_classification_metrics,
     regression_metrics,
 )
+from genexflow.training.config import TrainConfig
+from genexflow.training.cv import DEEP, CVResult, cross_validate
 from genexflow.training.model import TrainedModel
 from genexflow.training.tracking import NullTracker, RunTracker, markdown_table
 
