@@ -16,7 +16,8 @@ from scipy.stats import nbinom
 
 from genexflow.errors import InputError
 from genexflow.preprocessing import _edger
-from genexflow.preprocessing.combat_seq import ComBatSeq
+from genexflow.preprocessing._rrng import RRandom
+from genexflow.preprocessing.combat_seq import ComBatSeq, monte_carlo_int_nb
 
 
 def _counts(nper=(5, 6, 4), G=300, seed=0, shift=0.6):
@@ -176,6 +177,35 @@ def test_combat_seq_corrects_batches_and_keeps_r_rules():
     assert lo[group == "b"].mean() - lo[group == "a"].mean() > 0.4
     # frozen transform of training rows reproduces fit_transform
     np.testing.assert_array_equal(est.transform(X[:4], batch=batch[:4], group=group[:4]), out[:4])
+
+
+def test_monte_carlo_integration_is_sva_helper_line_by_line():
+    # sva's monte_carlo_int_NB, literally: for gene i, LH_j = prod_s dnbinom(x_is; mu_js, 1 / phi_j) over
+    # the other genes j; gamma*_i, phi*_i = LH-weighted means (own values when every LH is 0)
+    rng = np.random.default_rng(4)
+    G, n = 30, 5
+    mu = rng.gamma(2, 20, size=(G, n))
+    phi = rng.uniform(0.05, 0.5, G)
+    dat = rng.negative_binomial(1 / phi[:, None], 1 / (1 + phi[:, None] * mu)).astype(float)
+    dat[0] = [4e5, 0, 9e5, 3, 7e5]  # unlike every other gene: all weights underflow
+    gamma = rng.normal(size=G)
+
+    def literal(subset_n=None, r=None):
+        gs, ps = np.empty(G), np.empty(G)
+        for i in range(G):
+            others = np.delete(np.arange(G), i)
+            if subset_n is not None:
+                others = others[np.array(r.sample(G - 1, subset_n)) - 1]
+            LH = np.array([np.prod(nbinom.pmf(dat[i], 1 / phi[j], 1 / (1 + phi[j] * mu[j]))) for j in others])
+            gs[i], ps[i] = ((gamma[others] @ LH / LH.sum(), phi[others] @ LH / LH.sum()) if LH.sum() > 0
+                            else (gamma[i], phi[i]))
+        return gs, ps
+
+    for kw, ref in [({}, literal()), ({"gene_subset_n": 7, "rng": RRandom(3)}, literal(7, RRandom(3)))]:
+        gs, ps = monte_carlo_int_nb(dat, mu, gamma, phi, block_cells=500, **kw)
+        np.testing.assert_allclose(gs, ref[0], rtol=1e-9)
+        np.testing.assert_allclose(ps, ref[1], rtol=1e-9)
+    assert gs[0] == gamma[0] and ps[0] == phi[0]
 
 
 def test_combat_seq_errors():

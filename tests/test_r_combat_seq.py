@@ -115,3 +115,25 @@ def test_edger_pieces_match_edger(tmp_path):
     np.testing.assert_allclose(common, out["common"][:, 0], rtol=1e-3, err_msg=f"seed {seed}")
     tag = _edger.disp_cox_reid_interpolate_tagwise(Y, d, out["common"][0, 0], off)
     np.testing.assert_allclose(tag, out["tagwise"][:, 0], rtol=1e-6, atol=1e-8, err_msg=f"seed {seed}")
+
+
+def test_shrinkage_matches_sva(tmp_path):
+    """``shrink = TRUE`` (mean only, with dispersions, and over ``gene.subset.n`` genes drawn by R's RNG)."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    X, batch, group, _ = _random_case(rng, G=80)  # R's Monte-Carlo integration: O(G^2) R calls
+    out = run_r("""
+        cnt <- t(rd("X")); b <- rd("b"); g <- rd_chr("g")
+        wr("mean", t(quiet(ComBat_seq(cnt, batch = b, group = g, shrink = TRUE))))
+        wr("disp", t(quiet(ComBat_seq(cnt, batch = b, group = g, shrink = TRUE, shrink.disp = TRUE))))
+        set.seed(rd("s")); wr("subset", t(quiet(ComBat_seq(cnt, batch = b, shrink = TRUE, gene.subset.n = 40))))
+    """, {"X": X, "b": batch, "g": list(group), "s": np.array([seed % 10_000])}, tmp_path, packages=("sva",))
+    what = f"seed {seed} (batches {np.bincount(batch).tolist()})"
+    shrunk = ComBatSeq(shrink=True).fit_transform(X, batch=batch, group=group)
+    _check(shrunk, out["mean"], what + " shrink")
+    _check(ComBatSeq(shrink=True, shrink_disp=True).fit_transform(X, batch=batch, group=group), out["disp"],
+           what + " shrink.disp")
+    sub = ComBatSeq(shrink=True, gene_subset_n=40, random_state=seed % 10_000).fit_transform(X, batch=batch)
+    _check(sub, out["subset"], what + " gene.subset.n = 40")
+    # shrinkage changes the result (else the comparison above would not test it)
+    assert np.abs(shrunk - ComBatSeq().fit_transform(X, batch=batch, group=group)).max() >= 2

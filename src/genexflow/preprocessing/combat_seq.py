@@ -1,7 +1,7 @@
 """ComBat-seq (Zhang, Parmigiani & Johnson 2020): negative-binomial batch correction of raw counts.
 
 A port of ``sva/R/ComBat_seq.R`` + ``helper_seq.R`` (sva 3.46, unchanged since 2020) with the edgeR
-pieces it calls in :mod:`._edger`, for the default ``shrink = FALSE`` path:
+pieces it calls in :mod:`._edger`:
 
 1. genes with only zero counts in some batch are left untouched;
 2. per batch, a common Cox-Reid dispersion (``estimateGLMCommonDisp``; intercept-only when the batch
@@ -11,11 +11,17 @@ pieces it calls in :mod:`._edger`, for the default ``shrink = FALSE`` path:
    ``prior.count = 1e-4``); its batch coefficients averaged with weights ``n_b / n`` give a gene
    background ``alpha_g`` that is folded into the offset of a second fit, whose batch coefficients are
    ``gamma_hat`` and whose fitted values are ``mu_hat``;
-4. batch-free means ``mu* = mu_hat exp(-gamma_hat)`` and dispersion ``phi* = mean_b(phi_b)``;
-5. each count ``y > 1`` is mapped to ``1 + qnbinom(pnbinom(y - 1; mu_hat, phi_b); mu*, phi*)``
+4. ``shrink = TRUE`` only: empirical-Bayes batch effects by Monte-Carlo integration over the other genes
+   (``monte_carlo_int_NB``: gene ``g``'s counts weigh every other gene ``j`` by the NB likelihood
+   ``prod_s dnbinom(y_gs; mu_js, phi_j)``; ``gamma*_g`` (and with ``shrink.disp``, ``phi*_gb``) is the
+   weighted mean of the others' ``gamma_j`` (``phi_j``); ``gene.subset.n`` draws that many other genes per
+   gene with R's ``sample`` after ``set.seed(random_state)``);
+5. batch-free means ``mu* = mu_hat exp(-gamma*)`` (``gamma* = gamma_hat`` without shrinkage) and
+   dispersion ``phi* = mean_b(phi*_b)``;
+6. each count ``y > 1`` is mapped to ``1 + qnbinom(pnbinom(y - 1; mu_hat, phi_b); mu*, phi*)``
    (kept when that probability is within 1e-4 of 1); counts 0 and 1 are kept.
 
-``fit`` freezes the gene-wise GLM coefficients, ``alpha_g``, ``gamma_hat`` and the dispersions;
+``fit`` freezes the gene-wise GLM coefficients, ``alpha_g``, ``gamma*`` and the dispersions;
 ``transform`` recomputes ``mu_hat`` for any sample of a seen batch from its own library size and
 covariates and maps its counts the same way (``fit_transform`` is ComBat_seq on the training counts).
 """
@@ -26,10 +32,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import gammaln
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from genexflow.errors import InputError
 from genexflow.preprocessing import _edger
+from genexflow.preprocessing._rrng import RRandom
 from genexflow.preprocessing._utils import (
     as_labels,
     as_matrix,
@@ -56,6 +64,75 @@ def check_integer_counts(X: np.ndarray, names=None) -> None:
         )
 
 
+def monte_carlo_int_nb(dat: np.ndarray, mu: np.ndarray, gamma: np.ndarray, phi: np.ndarray,
+                       gene_subset_n: int | None = None, rng: RRandom | None = None,
+                       block_cells: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """sva's ``monte_carlo_int_NB`` for one batch: posterior ``gamma*`` and ``phi*`` per gene.
+
+    Parameters
+    ----------
+    dat, mu : ndarray of shape (G, n)
+        Counts and fitted means of the batch's samples (genes as rows, as in R).
+    gamma, phi : ndarray of shape (G,)
+        The batch's GLM batch effects and gene-wise dispersions.
+    gene_subset_n : int, optional
+        Other genes drawn per gene (``sample(1:(G - 1), gene_subset_n)`` with ``rng``); all when None.
+    rng : RRandom, optional
+        R's generator, needed with ``gene_subset_n``.
+    block_cells : int
+        Genes are processed in blocks of about this many (gene, other gene, sample) cells.
+
+    Returns
+    -------
+    gamma_star, phi_star : ndarray of shape (G,)
+        Likelihood-weighted means over the other genes; a gene whose weights all underflow to 0 keeps its
+        own ``gamma`` and ``phi`` (as R does).
+    """
+    G, n = dat.shape
+    size = 1.0 / phi
+    # log dnbinom(x; mu_j, size_j) = lgamma(x + r) - lgamma(r) - lgamma(x + 1) + r log(r / (r + mu)) + x log(mu / (r + mu))
+    with np.errstate(divide="ignore"):
+        log_p0 = size[:, None] * (np.log(size)[:, None] - np.log(size[:, None] + mu))  # (G, n)
+        log_q = np.log(mu) - np.log(size[:, None] + mu)                               # (G, n)
+    lg_x1 = gammaln(dat + 1)
+    lg_r = gammaln(size)
+    gamma_star = gamma.astype(np.float64).copy()
+    phi_star = phi.astype(np.float64).copy()
+    if gene_subset_n is not None:
+        if rng is None:
+            raise ValueError("gene_subset_n needs R's generator (rng)")
+        draws = np.array([rng.sample(G - 1, gene_subset_n) for _ in range(G)], dtype=np.int64) - 1
+        others = draws + (draws >= np.arange(G)[:, None])  # index into the genes without g
+    else:
+        others = None
+    k = G - 1 if others is None else gene_subset_n
+    step = max(1, block_cells // max(1, k * n))
+    for start in range(0, G, step):
+        rows = np.arange(start, min(G, start + step))
+        if others is None:
+            J = np.tile(np.arange(G), (len(rows), 1))
+        else:
+            J = others[rows]
+        x = dat[rows][:, None, :]                                     # (b, 1, n)
+        r = size[J][:, :, None]                                       # (b, k', 1)
+        with np.errstate(invalid="ignore"):
+            # 0 * log(0) (a zero count under a zero mean) is 0 in dnbinom
+            xlq = np.where(x == 0, 0.0, x * log_q[J])
+            ll = (gammaln(x + r) - lg_r[J][:, :, None] - lg_x1[rows][:, None, :] + log_p0[J] + xlq).sum(axis=2)
+        LH = np.exp(ll)
+        LH[np.isnan(LH)] = 0.0
+        if others is None:
+            LH[np.arange(len(rows)), rows] = 0.0  # gene g itself is not among the others
+        tot = LH.sum(axis=1)
+        ok = (tot != 0) & np.isfinite(tot)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gs = (gamma[J] * LH).sum(axis=1) / tot
+            ps = (phi[J] * LH).sum(axis=1) / tot
+        gamma_star[rows[ok]] = gs[ok]
+        phi_star[rows[ok]] = ps[ok]
+    return gamma_star, phi_star
+
+
 class ComBatSeq(TransformerMixin, BaseEstimator):
     """Negative-binomial batch correction of counts with frozen parameters (``sva::ComBat_seq``).
 
@@ -63,6 +140,17 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
     ----------
     full_mod : bool, default=True
         Include the biological ``group`` in the model (``full_mod``).
+    shrink : bool, default=False
+        Empirical-Bayes shrinkage of the batch effects (sva's ``shrink``; Monte-Carlo integration over the
+        other genes: O(G^2 n) without ``gene_subset_n``).
+    shrink_disp : bool, default=False
+        With ``shrink``, also shrink the dispersions (``shrink.disp``).
+    gene_subset_n : int, optional
+        With ``shrink``, integrate over this many randomly drawn genes per gene (``gene.subset.n``).
+    random_state : int, default=0
+        With ``gene_subset_n``: the draws are R's ``sample`` after ``set.seed(random_state)``, so
+        ``ComBatSeq(shrink=True, gene_subset_n=m, random_state=s)`` reproduces
+        ``set.seed(s); ComBat_seq(..., shrink = TRUE, gene.subset.n = m)``.
 
     ``fit(X, batch=..., group=None, covariates=None)``: ``group`` is sva's ``group`` (condition of
     interest), ``covariates`` its ``covar_mod`` (a DataFrame; categorical columns one-hot).
@@ -77,6 +165,8 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
     alpha_ : ndarray of shape (n_genes,)
         Gene background folded into the offset.
     gamma_hat_ : ndarray of shape (n_genes, n_batches)
+    gamma_star_ : ndarray of shape (n_genes, n_batches)
+        Batch effects removed (``gamma_hat_`` unless ``shrink``).
     phi_hat_ : ndarray of shape (n_genes, n_batches)
         Gene-wise dispersions per batch.
     phi_star_ : ndarray of shape (n_genes,)
@@ -99,8 +189,13 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
     True
     """
 
-    def __init__(self, full_mod: bool = True):
+    def __init__(self, full_mod: bool = True, shrink: bool = False, shrink_disp: bool = False,
+                 gene_subset_n: int | None = None, random_state: int = 0):
         self.full_mod = full_mod
+        self.shrink = shrink
+        self.shrink_disp = shrink_disp
+        self.gene_subset_n = gene_subset_n
+        self.random_state = random_state
 
     def fit(self, X: Any, y: Any = None, *, batch: Any = None, group: Any = None, covariates: Any = None) -> ComBatSeq:
         with single_threaded_blas():
@@ -186,6 +281,21 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
         new_offset = offset[None, :] + alpha[:, None]
         fit2 = _edger.glm_fit(Y, design, phi_mat, new_offset, prior_count=1e-4)
 
+        gamma_hat = fit2["coefficients"][:, :nb]
+        gamma_star, phi_star_mat = gamma_hat, phi_hat
+        if self.shrink:
+            if self.gene_subset_n is not None and not 0 < self.gene_subset_n <= Y.shape[0] - 1:
+                raise InputError(f"gene_subset_n must be between 1 and {Y.shape[0] - 1} (the other adjusted "
+                                 f"genes), got {self.gene_subset_n}")
+            rng = RRandom(self.random_state) if self.gene_subset_n is not None else None
+            gamma_star, phi_shrunk = np.empty_like(gamma_hat), np.empty_like(phi_hat)
+            for b in range(nb):  # in batch order: R draws the subsets batch after batch
+                cols = bidx == b
+                gamma_star[:, b], phi_shrunk[:, b] = monte_carlo_int_nb(
+                    Y[:, cols], fit2["fitted"][:, cols], gamma_hat[:, b], phi_hat[:, b], self.gene_subset_n, rng)
+            if self.shrink_disp:
+                phi_star_mat = phi_shrunk
+
         self.batches_ = levels
         self.n_batch_samples_ = counts
         self.adjusted_genes_ = keep
@@ -193,9 +303,10 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
         self._design_keep = ~allone
         self.coef_ = fit2["unshrunk"]
         self.alpha_ = alpha
-        self.gamma_hat_ = fit2["coefficients"][:, :nb]
+        self.gamma_hat_ = gamma_hat
+        self.gamma_star_ = gamma_star
         self.phi_hat_ = phi_hat
-        self.phi_star_ = phi_hat.mean(axis=1)
+        self.phi_star_ = phi_star_mat.mean(axis=1)
         self.common_dispersion_ = common
         self.n_features_in_ = G
         if names is not None:
@@ -228,7 +339,7 @@ class ComBatSeq(TransformerMixin, BaseEstimator):
             raise InputError("a sample has no counts in the genes kept for ComBat-seq; remove empty samples")
         eta = np.log(lib)[None, :] + self.alpha_[:, None] + self.coef_ @ design.T
         mu_hat = np.exp(eta)
-        gamma = self.gamma_hat_[:, bidx]
+        gamma = getattr(self, "gamma_star_", self.gamma_hat_)[:, bidx]  # models pickled before shrink
         with np.errstate(divide="ignore"):  # a zero fitted mean stays 0, as exp(log(0) - gamma) in R
             mu_star = np.exp(np.log(mu_hat) - gamma)
         old_size = 1 / self.phi_hat_[:, bidx]
