@@ -24,6 +24,10 @@ MODEL_PRESETS: dict[str, dict] = {
     "default": {},
 }
 
+#: Genes the fold's preprocessing keeps by default: the most variable of the training rows (after
+#: normalization, before scaling; label-free). ``preprocessing={"max_genes": None}`` keeps them all.
+DEFAULT_MAX_GENES = 2000
+
 
 @dataclass
 class TrainConfig:
@@ -80,7 +84,7 @@ class TrainConfig:
     model : dict
         Keyword arguments for the model config (e.g. ``{"hidden": 64, "n_attention_layers": 1}``).
     preprocessing : dict
-        Keyword arguments for the preprocessing config.
+        Keyword arguments for the preprocessing config (`max_genes` defaults to :data:`DEFAULT_MAX_GENES`).
     gene_sets : str
         Shipped collection (``kegg``, ``go_bp``, ``progeny``) or a GMT path for the priors.
     gene_set_min_size : int

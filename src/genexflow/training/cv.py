@@ -21,7 +21,7 @@ from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.metrics import evaluate, summarize
 from genexflow.training.baselines import baseline_names, fit_predict_baseline
-from genexflow.training.config import TrainConfig
+from genexflow.training.config import DEFAULT_MAX_GENES, TrainConfig
 from genexflow.training.splits import Split, make_splits, train_val_split
 from genexflow.training.trainer import EpochCallback, TensorData, Trainer, TrainResult, predict_module
 
@@ -70,8 +70,13 @@ def make_preprocessing(cfg: TrainConfig, train: Cohort | None = None) -> Any:
     With a batch column, batches unseen in training (leave-one-batch-out, new sites at inference) are
     corrected with parameters estimated from their own samples unless the options say otherwise, and
     ComBat falls back to mean-only when a training batch has a single sample (its scale is undefined).
+    Unless ``preprocessing.max_genes`` is given (``None`` keeps every gene), the pipeline keeps the
+    :data:`~genexflow.training.config.DEFAULT_MAX_GENES` most variable genes of the training rows.
     """
     opts = dict(cfg.preprocessing)
+    # In-fold top-variance filter by default (label-free): on tens to hundreds of samples, thousands of
+    # noise genes drown the penalized GLMs and the network (benchmarks/results/defaults.md).
+    opts.setdefault("max_genes", DEFAULT_MAX_GENES)
     if cfg.batch_column and cfg.combat:
         opts.setdefault("unseen_batch", "estimate")
         if train is not None and "combat_mean_only" not in opts:
