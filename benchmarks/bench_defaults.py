@@ -180,7 +180,7 @@ def run_genexflow(cohort, cfg, y, splits, deep_repeats, log) -> dict[str, dict]:
 
 
 def _pooled_from_truth(y_true: np.ndarray, proba: np.ndarray) -> dict:
-    from genexflow.training.metrics import classification_metrics
+    from genexflow.metrics import classification_metrics
 
     m = classification_metrics(y_true.astype(int), proba, n_classes=proba.shape[1])
     return {"balanced_accuracy": m["balanced_accuracy"], "roc_auc": m["roc_auc"]}

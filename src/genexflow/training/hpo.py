@@ -22,8 +22,8 @@ import pandas as pd
 
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.metrics import LOWER_IS_BETTER
 from genexflow.training.config import TrainConfig
-from genexflow.training.metrics import LOWER_IS_BETTER
 
 #: TPE search space over hidden sizes, learning rate, dropout, GCN and attention depth.
 DEFAULT_SPACE: dict[str, tuple] = {

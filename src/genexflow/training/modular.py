@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from genexflow.training.metrics import evaluate
+from genexflow.metrics import evaluate
 
 #: The score each head is ranked by (threshold-free, so heads that are right but badly calibrated count).
 RANK_METRIC = {"classification": "roc_auc", "regression": "r2"}

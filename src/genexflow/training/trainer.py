@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from genexflow.errors import InputError
+from genexflow.metrics import evaluate
 from genexflow.training.config import TrainConfig
-from genexflow.training.metrics import evaluate
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
