@@ -8,21 +8,35 @@ import pandas as pd
 
 from genexflow.cli._common import console
 from genexflow.errors import InputError
-from genexflow.preprocessing.confounding import ConfoundingResult, batch_label_association
+from genexflow.preprocessing.confounding import (
+    ConfoundingResult,
+    batch_label_association,
+    choose_batch_method,
+)
 from genexflow.preprocessing.pipeline import BATCH_METHODS
 
 
-def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides: dict[str, Any]) -> bool | None:
+def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides: dict[str, Any],
+                           confounding: ConfoundingResult | None = None) -> bool | None:
     """Fold ``--batch-method`` / ``--no-combat`` into the config overrides.
 
     ``none`` (and its alias ``--no-combat``) keeps the batch column for grouping but corrects nothing
-    (``combat=False``); the others set ``preprocessing.batch_method``. Returns the ``combat`` field
-    (None = keep the config's).
+    (``combat=False``); the others set ``preprocessing.batch_method``; ``auto`` (the default) is ComBat
+    unless ``confounding`` says the batch is confounded with the label, then ``none``. Returns the
+    ``combat`` field (None = keep the config's).
     """
-    if batch_method is None:
-        return False if no_combat else None
+    if batch_method is None or batch_method == "auto":
+        if no_combat:
+            return False
+        if batch_method is None and "batch_method" in overrides.get("preprocessing", {}):
+            return None  # --set preprocessing.batch_method=... or a config file decides
+        chosen = choose_batch_method(confounding)
+        if chosen == "combat":
+            return None
+        console.print(f"[bold]--batch-method auto: {chosen}[/] (the batch is confounded with the label)")
+        batch_method = chosen
     if batch_method not in BATCH_METHODS:
-        raise InputError(f"unknown --batch-method {batch_method!r}; use {', '.join(BATCH_METHODS)}")
+        raise InputError(f"unknown --batch-method {batch_method!r}; use auto, {', '.join(BATCH_METHODS)}")
     if no_combat and batch_method != "none":
         raise InputError(f"--no-combat means --batch-method none; it contradicts --batch-method {batch_method}")
     if batch_method == "none":

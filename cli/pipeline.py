@@ -115,8 +115,10 @@ def run(
     samples: Path = typer.Option(None, "--samples", "-s", help="Sample sheet (CSV/TSV), one row per sample."),
     label: str = typer.Option(None, "--label", "-l", help="Sample-sheet column to predict."),
     batch_column: str = typer.Option(None, "--batch-column", help="Batch column (batch correction, grouped splits)."),
-    batch_method: str = typer.Option(None, "--batch-method", help="combat, combat-seq (counts; not exportable to "
-                                                                   "ONNX), harmony or none [default: combat]."),
+    batch_method: str = typer.Option(None, "--batch-method", help="auto, combat, combat-seq (counts; not "
+                                                                   "exportable to ONNX), harmony or none [default: "
+                                                                   "auto = combat, or none when the batch is "
+                                                                   "confounded with the label]."),
     no_combat: bool = typer.Option(False, "--no-combat", help="Alias of --batch-method none."),
     covariates: list[str] = typer.Option(None, "--covariates", help="Covariate columns (repeat or comma-separate)."),
     value_type: str = typer.Option("auto", "--value-type", help="counts, tpm, fpkm, log-expression or auto."),
@@ -170,15 +172,16 @@ def run(
     if epochs is not None:
         train_config["epochs"] = epochs
     preprocessing = train_config.pop("preprocessing", {}) if isinstance(train_config.get("preprocessing"), dict) else {}
-    methods: dict[str, Any] = {}
-    combat = batch_method_overrides(batch_method, no_combat, methods)
-    preprocessing.update(methods.get("preprocessing", {}))
-    if combat is not None:
-        train_config["combat"] = combat
-    if batch_column and samples:
+    conf = None
+    if batch_column:
         from genexflow.io import read_sample_sheet
 
-        print_confounding(read_sample_sheet(samples), label, batch_column, str(train_config.get("task", "auto")))
+        conf = print_confounding(read_sample_sheet(samples), label, batch_column, str(train_config.get("task", "auto")))
+    methods: dict[str, Any] = {"preprocessing": dict(preprocessing)}
+    combat = batch_method_overrides(batch_method, no_combat, methods, conf)
+    preprocessing.update(methods["preprocessing"])
+    if combat is not None:
+        train_config["combat"] = combat
     ingest_config = train_config.pop("ingest", {}) if isinstance(train_config.get("ingest"), dict) else {}
     args = training_arguments(
         expression, samples, label, ws, value_type=value_type, batch_column=batch_column,

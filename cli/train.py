@@ -24,8 +24,10 @@ def train(
     value_type: str = typer.Option(None, "--value-type", help="counts, tpm, fpkm or log-expression (matrix input)."),
     batch_column: str = typer.Option(None, "--batch-column", help="Batch column (ComBat; grouping for --split lobo)."),
     batch_method: str = typer.Option(None, "--batch-method", help="Batch correction fitted in each training fold: "
-                                                                   "combat, combat-seq (counts; not exportable "
-                                                                   "to ONNX), harmony or none [default: combat]."),
+                                                                   "auto, combat, combat-seq (counts; not "
+                                                                   "exportable to ONNX), harmony or none [default: "
+                                                                   "auto = combat, or none when the batch is "
+                                                                   "confounded with the label]."),
     no_combat: bool = typer.Option(False, "--no-combat", help="Alias of --batch-method none: keep the batch column "
                                                                "for grouping (lobo) but do not correct."),
     covariates: str = typer.Option(None, "--covariates", help="Comma-separated covariates known at inference "
@@ -72,7 +74,8 @@ def train(
         raise InputError(f"unknown preset {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
     c, path = load_training_cohort(cohort, samples, value_type)
     overrides = parse_sets(set_)
-    combat = batch_method_overrides(batch_method, no_combat, overrides)
+    conf = print_confounding(c.samples, label, batch_column, task or "auto") if batch_column else None
+    combat = batch_method_overrides(batch_method, no_combat, overrides, conf)
     if preset:
         overrides["model"] = {**MODEL_PRESETS[preset], **overrides.get("model", {})}
     cfg = build_config(
@@ -99,8 +102,6 @@ def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, n
     from genexflow.training.run import Hooks, train_and_track
     from genexflow.training.splits import make_splits
 
-    if not quiet and cfg.batch_column and cfg.label in c.samples.columns:
-        print_confounding(c.samples, cfg.label, cfg.batch_column, cfg.task)
     base = None if baselines is None else ([] if baselines == "none" else
                                            ("all" if baselines == "all" else _split(baselines)))
     if not quiet:

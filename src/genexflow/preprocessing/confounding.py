@@ -173,3 +173,12 @@ def batch_label_association(batch: Any, label: Any, task: str = "auto") -> Confo
         table={str(lv): {"n": int(len(g)), "mean": float(g.mean())} for lv, g in zip(sorted(b.unique()), groups, strict=True)},
         confounded=bool(p < ALPHA and eta2 >= ETA2_LEVELS[1]), alternatives=alternatives,
     )
+
+
+def choose_batch_method(result: ConfoundingResult | None, default: str = "combat") -> str:
+    """The ``--batch-method auto`` policy: ``default`` (ComBat) unless the batch is confounded with the
+    label, then ``"none"`` (no correction), the option that lost least under confounding in
+    ``benchmarks/bench_confounding.py`` (see ``docs/preprocessing.md``)."""
+    if result is not None and result.confounded:
+        return MEASURED_ORDER[0]
+    return default

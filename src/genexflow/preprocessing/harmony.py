@@ -154,6 +154,12 @@ def run_harmony(
     Phi = np.zeros((N, B))
     Phi[np.arange(N)[:, None], cols] = 1.0
     batch_sizes = Phi.sum(axis=0)
+    level_rows = [np.flatnonzero(Phi[:, b]) for b in range(B)]
+    combos, combo_of = np.unique(cols, axis=0, return_inverse=True)
+    combo_onehot = np.zeros((N, len(combos)))
+    combo_onehot[np.arange(N), combo_of.reshape(-1)] = 1.0
+    combo_phi = np.zeros((len(combos), B))
+    combo_phi[np.arange(len(combos))[:, None], combos] = 1.0
     Pr_b = batch_sizes / N
     theta_v = np.broadcast_to(np.asarray(theta, dtype=np.float64), (n_var,))
     theta_b = np.repeat(theta_v, n_levels)
@@ -176,9 +182,8 @@ def run_harmony(
     norm_const = 2000.0 / N
 
     def objective() -> float:
-        err = float((R * dist).sum())
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ent = float((sig * np.where(R > 0, R * np.log(R), 0.0)).sum())
+        err = float(np.vdot(R, dist))
+        ent = float((R * np.log(np.maximum(R, 1e-300))).sum(axis=0) @ sig)  # 0 log 0 = 0
         cross = float((sig[:, None] * theta_b[None, :] * Ob * np.log((Ob + E + 1) / (2 * E + 1))).sum())
         return (err + ent + cross) * norm_const
 
@@ -200,22 +205,24 @@ def run_harmony(
             R = _softmax_rows(-dist / sig)
             E = R.sum(axis=0)[:, None] * Pr_b[None, :]
             Ob = R.T @ Phi
+        scaled = -dist / sig
         for i in range(max_iter_kmeans):
+            # one gather per pass: the blocks are then contiguous slices (views) of the permuted arrays
             order = rng.permutation(N)
+            Rp, Sp, Pp = R[order], scaled[order], Phi[order]
             for blk in range(n_blocks):
                 lo = blk * per_block
                 if lo >= N:
                     break
                 hi = N if blk == n_blocks - 1 else min(N, (blk + 1) * per_block)
-                idx = order[lo:hi]
-                Rb, Pb = R[idx], Phi[idx]
+                Rb, Pb = Rp[lo:hi], Pp[lo:hi]
                 Ob -= Rb.T @ Pb
                 E -= Rb.sum(axis=0)[:, None] * Pr_b[None, :]
                 log_div = theta_b[None, :] * (np.log(2 * E + 1) - np.log(Ob + E + 1))  # (K, B)
-                Rb = _softmax_rows(-dist[idx] / sig + Pb @ log_div.T)
-                R[idx] = Rb
+                Rb[:] = _softmax_rows(Sp[lo:hi] + Pb @ log_div.T)
                 Ob += Rb.T @ Pb
                 E += Rb.sum(axis=0)[:, None] * Pr_b[None, :]
+            R[order] = Rp
             obj_kmeans.append(objective())
             if i > window and len(obj_kmeans) > window + 1:
                 old = sum(obj_kmeans[-2 - j] for j in range(window))
@@ -233,13 +240,14 @@ def run_harmony(
         A = np.zeros((K, B + 1, B + 1))
         A[:, 0, 0] = W.sum(axis=0)
         A[:, 0, 1:] = A[:, 1:, 0] = W.T @ Phi
-        A[:, 1:, 1:] = np.einsum("nk,na,nb->kab", W, Phi, Phi, optimize=True)
+        # Phi' diag(w_k) Phi through the distinct level combinations (few), not the cells (many)
+        A[:, 1:, 1:] = np.einsum("kc,ca,cb->kab", W.T @ combo_onehot, combo_phi, combo_phi, optimize=True)
         pen = alpha * E * keep
         A[:, np.arange(1, B + 1), np.arange(1, B + 1)] += pen
         rhs = np.empty((K, B + 1, d))
         rhs[:, 0] = W.T @ Z
-        for b in range(B):
-            rhs[:, b + 1] = (W * Phi[:, b:b + 1]).T @ Z
+        for b, rows in enumerate(level_rows):
+            rhs[:, b + 1] = W[rows].T @ Z[rows]
         # batches a cluster does not correct: identity rows, zero coefficients
         drop = ~keep
         kk, bb = np.nonzero(drop)
@@ -570,22 +578,31 @@ class HarmonyStep(nn.Module):
         offsets = np.concatenate([[0], np.cumsum([len(lv) for lv in est.levels_])])
         # (C, V - 1): column c of a covariate's one-hot block -> its stacked level index + 1
         lut = np.zeros((self.n_cov, max(len(est.levels_) - 1, 0)))
+        block = np.zeros_like(lut)  # which serving columns make up each covariate's one-hot block
         col = 0
         for s in specs:
             if s.kind == "categorical" and s.name in est.variables_:
                 v = est.variables_.index(s.name)
                 levels = est.levels_[v]
+                block[col:col + s.width, v - 1] = 1.0
                 for j, cat in enumerate(s.categories):
                     pos = int(np.searchsorted(levels, cat))
                     if pos < len(levels) and levels[pos] == cat:
                         lut[col + j, v - 1] = offsets[v] + pos + 1
             col += s.width
         self.register_buffer("lut", torch.as_tensor(lut, dtype=torch.float64))
+        self.register_buffer("block", torch.as_tensor(block, dtype=torch.float64))
+        self.n_batches = len(est.levels_[0])
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor, covariates: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        idx = batch_index.reshape(-1, 1).to(torch.int64)
+        b = batch_index.reshape(-1, 1).to(torch.int64)
+        idx = torch.where((b >= 0) & (b < self.n_batches), b, torch.full_like(b, -1))
         if self.lut.shape[1]:
-            cov = torch.round(covariates.to(torch.float64) @ self.lut).to(torch.int64) - 1
-            idx = torch.cat([idx, cov], dim=1)
+            # a level only for an exact one-hot block (sum 1 and sum of squares 1); else uncorrected
+            cov = covariates.to(torch.float64)
+            raw = cov @ self.lut
+            ok = ((cov @ self.block) == 1) & (((cov * cov) @ self.block) == 1) & (raw >= 1)
+            lvl = torch.where(ok, torch.round(raw), torch.zeros_like(raw)).to(torch.int64) - 1
+            idx = torch.cat([idx, lvl], dim=1)
         return self.op(x, idx)
