@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bench_preprocessing import timed  # shared warm-up + median timer
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
@@ -30,16 +29,6 @@ from genexflow.preprocessing.harmony import run_harmony
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "harmony.md"
-
-
-def timed(fn, repeat: int):
-    fn()
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:

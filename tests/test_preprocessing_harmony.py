@@ -135,3 +135,25 @@ def test_batch_label_association_categorical_and_regression():
     assert r.kind == "continuous" and r.p_value == pytest.approx(f_oneway(*target.reshape(3, 30)).pvalue)
     assert r.effect_name == "eta_squared" and 0.3 < r.effect_size < 1 and r.confounded
     assert batch_label_association(b, np.repeat(["x", "y", "z"], 30)).level == "complete"
+
+
+def test_pipeline_batch_methods():
+    from genexflow.preprocessing import ComBatSeq, PreprocessingConfig, PreprocessingPipeline
+    from genexflow.simulate import simulate_cohort
+
+    c, _ = simulate_cohort(n_samples=40, n_genes=120, n_pathways=6, seed=8)
+    seq = PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq"))
+    H = seq.fit_transform(c, batch_column="batch")
+    assert isinstance(seq.combat_seq_, ComBatSeq) and seq.needs_batch and seq.combat_ is None
+    np.testing.assert_allclose(seq.transform(c), H, atol=1e-8)  # frozen ComBat-seq + the rest
+    with pytest.raises(InputError, match="ONNX"):
+        seq.to_torch()
+    off = PreprocessingPipeline(PreprocessingConfig(batch_method="none")).fit(c, batch_column="batch")
+    assert not off.needs_batch and off.batch_column_ is None
+    with pytest.raises(InputError, match="unknown batch_method"):
+        PreprocessingPipeline(PreprocessingConfig(batch_method="mnn")).fit(c, batch_column="batch")
+    log = c.subset(np.arange(40))
+    log.X = np.log2(np.asarray(c.X, float) + 1)
+    log.value_type = type(c.value_type)("log-expression")
+    with pytest.raises(InputError, match="raw counts"):
+        PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq")).fit(log, batch_column="batch")
