@@ -48,6 +48,8 @@ def train(
     wide_init: str = typer.Option(None, "--wide-init", help="Start the wide gene-level path from a GLM fitted on "
                                                             "the training rows: auto, l2, elasticnet, or none "
                                                             "(train it from zeros) [default: auto]."),
+    init_from: Path = typer.Option(None, "--init-from", help="Pretrained encoder folder (genexflow pretrain): "
+                                                             "start the autoencoder branch from it, then fine-tune."),
     preset: str = typer.Option(None, "--preset", help="Model size: tiny, small or default [default: default]."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
     set_: list[str] = typer.Option(None, "--set", help="Override KEY=VALUE (repeatable), e.g. model.d_model=32, "
@@ -78,6 +80,8 @@ def train(
     combat = batch_method_overrides(batch_method, no_combat, overrides, conf)
     if preset:
         overrides["model"] = {**MODEL_PRESETS[preset], **overrides.get("model", {})}
+    if init_from is not None:
+        overrides["init_from"] = str(init_from)
     cfg = build_config(
         config, overrides, task=task, label=label, batch_column=batch_column,
         covariates=_split(covariates) or None, epochs=epochs, batch_size=batch_size, lr=lr, gene_sets=gene_sets,

@@ -95,6 +95,10 @@ class TrainConfig:
         learning the residual (see :mod:`genexflow.training.wide`), or from zeros (``"none"``).
     wide_trainable : bool
         Keep training the GLM-initialized wide path with the network (default: frozen).
+    init_from : str, optional
+        Folder of a pretrained encoder (``genexflow pretrain``): the autoencoder branch starts from it
+        (genes matched by name; the model's ``ae_hidden`` / ``latent_dim`` follow the encoder) and the
+        whole network is fine-tuned. See :mod:`genexflow.training.pretrain`.
     """
 
     task: str = "classification"
@@ -125,6 +129,7 @@ class TrainConfig:
     gene_set_min_size: int = 5
     wide_init: str = "auto"
     wide_trainable: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()

@@ -151,6 +151,10 @@ def build_model(priors: Any, n_covariates: int, n_outputs: int, cfg: TrainConfig
     from genexflow.models import PathwayNet
 
     opts = {"recon_weight": cfg.recon_weight, **cfg.model}
+    if cfg.init_from:  # the autoencoder branch takes the pretrained encoder's sizes
+        from genexflow.training.pretrain import encoder_sizes
+
+        opts.update(encoder_sizes(cfg.init_from))
     return PathwayNet.from_priors(priors, n_covariates=n_covariates, n_outputs=n_outputs, task=cfg.task, **opts)
 
 
@@ -204,6 +208,10 @@ def train_deep(fold: PreparedFold, cfg: TrainConfig, n_outputs: int,
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(fold.priors, fold.train.covariates.shape[1], n_outputs, cfg)
     fit = fold.train.take(fit_idx)
+    if cfg.init_from:
+        from genexflow.training.pretrain import init_from_pretrained
+
+        init_from_pretrained(module, cfg.init_from, fold.genes)
     started = False
     if getattr(module, "wide", None) is not None and cfg.wide_init != "none":
         from genexflow.training.wide import init_wide
