@@ -154,13 +154,13 @@ def run_panel(X, y, splits, n_classes, log) -> dict[str, dict]:
     return res
 
 
-def run_genexflow(cohort, cfg, y, splits, deep_repeats, log) -> dict[str, dict]:
+def run_genexflow(cohort, cfg, y, splits, deep_repeats, log, gx_repeats=None) -> dict[str, dict]:
     from genexflow.training.baselines import ALL_CLASSIFICATION
     from genexflow.training.cv import DEEP, cross_validate
 
     res = {}
     jobs = [([s for s in splits if s.repeat < deep_repeats], True, []),
-            (splits, False, list(ALL_CLASSIFICATION))]
+            ([s for s in splits if gx_repeats is None or s.repeat < gx_repeats], False, list(ALL_CLASSIFICATION))]
     for sps, deep, base in jobs:
         t0 = time.perf_counter()
         cv = cross_validate(cohort, cfg, splits=sps, baselines=base, deep=deep)
@@ -214,8 +214,12 @@ def render(rows: list[dict]) -> str:
         out += [f"### {case}", "", f"data: {g.source.iloc[0]}; {g.split_desc.iloc[0]}", "",
                 "| model | bacc | ROC-AUC | repeats | s/fit | bacc before | gap to best panel |",
                 "|---|---|---|---|---|---|---|"]
-        now = g[g.tag != "before"].drop_duplicates("model", keep="last")
-        before = g[g.tag == "before"].set_index("model")
+        # the current row of a model: its latest non-"before" row, else its "before" row (the panel does
+        # not change with genexflow's defaults, so it is measured once)
+        g = g.assign(_after=g.tag != "before").sort_values("_after", kind="stable")
+        now = g.drop_duplicates("model", keep="last")
+        before = g[~g._after].drop_duplicates("model", keep="last").set_index("model")
+        before = before[before.index.isin(now[now._after].model)]
         best = now[now.model.isin(PANEL)].bacc.max() if now.model.isin(PANEL).any() else np.nan
         for _, r in now.iterrows():
             b = f"{before.loc[r.model, 'bacc']:.3f}" if r.model in before.index else ""
@@ -233,6 +237,9 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--deep-repeats", type=int, default=2)
+    ap.add_argument("--gx-repeats", type=int, default=None, help="repeats for genexflow's baselines (default: all)")
+    ap.add_argument("--store", default=str(RESULTS / "defaults.json"),
+                    help="JSON rows of this run (the table merges every benchmarks/results/defaults*.json)")
     ap.add_argument("--sim-samples", type=int, default=600)
     ap.add_argument("--splits", nargs="*", choices=("stratified", "lobo"), default=["stratified", "lobo"])
     ap.add_argument("--tag", default="now")
@@ -240,7 +247,7 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only rewrite the table from the JSON")
     ap.add_argument("--out", default=str(RESULTS / "defaults.md"))
     args = ap.parse_args()
-    store = RESULTS / "defaults.json"
+    store = Path(args.store)
     rows = json.loads(store.read_text()) if store.exists() else []
     if not args.render:
         import torch
@@ -278,8 +285,9 @@ def main() -> int:
                 if args.family in ("panel", "both"):
                     run_panel(panel_matrix(cohort), y, splits, lab.n_classes, log)
                 if args.family in ("genexflow", "both"):
-                    run_genexflow(cohort, cfg, y, splits, args.deep_repeats, log)
-    text = render(rows)
+                    run_genexflow(cohort, cfg, y, splits, args.deep_repeats, log, args.gx_repeats)
+    every = [r for f in sorted(RESULTS.glob("defaults*.json")) for r in json.loads(f.read_text())]
+    text = render(every)
     text += (f"\nMachine: {platform.machine()}, {os.cpu_count()} cores (shared), torch threads 1, "
              "OMP_NUM_THREADS=1.\n")
     Path(args.out).write_text(text)
