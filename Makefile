@@ -35,11 +35,12 @@ test: install sysdeps triton-env tools-env
 	$(PY) -m pytest -q
 
 # --- infrastructure helpers (docs/infra.md) -------------------------------------------------------------
-# Debian packages the tests use: PostgreSQL (MLflow-on-Postgres concurrency test) and R with the Bioconductor
+# Debian packages the tests use: PostgreSQL (MLflow-on-Postgres concurrency test), Chromium (the run report
+# opens in a real headless browser, tests/test_report_pages.py) and R with the Bioconductor
 # packages the parity tests call through Rscript (tests/test_r_*.py: sva 3.46, edgeR 3.40.2, impute 1.72.3,
 # limma). Installed only when running as root on a Debian-like system and only if missing; otherwise the
 # tests that need them skip with a message.
-SYSDEPS := postgresql r-base-core r-bioc-sva r-bioc-edger r-bioc-impute r-bioc-limma
+SYSDEPS := postgresql chromium r-base-core r-bioc-sva r-bioc-edger r-bioc-impute r-bioc-limma
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -28,6 +28,7 @@ from genexflow.metrics import (
     fast_classification_metrics,
     regression_metrics,
 )
+from genexflow.report import write_run_report
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
 from genexflow.training.model import TrainedModel
@@ -46,6 +47,7 @@ class RunOutcome:
     hpo: Any = None
     explanation: Any = None
     metrics: dict[str, float] = field(default_factory=dict)
+    report_path: Path | None = None
 
     @property
     def preprocessing(self) -> Any:
@@ -197,7 +199,11 @@ def train_and_track(
             ex = model.inputs(cohort.subset(np.arange(min(5, cohort.n_samples))))
             tracker.log_model(model.module, (ex.X, ex.covariates), cfg.task)
             tracker.set_tags({"genexflow.bundle_dir": str(bundle_dir.resolve())})
-    return RunOutcome(tracker.run_id, bundle_dir, model, cvres, cfg, hpo, explanation, metrics)
+        stage("run report")
+        report = write_run_report(bundle_dir / "report.html", cohort, config=cfg, model=model, cv=cvres,
+                                  explanation=explanation, lineage=lineage, run_id=tracker.run_id,
+                                  tracking_uri=getattr(tracker, "tracking_uri", None), experiment=experiment)
+    return RunOutcome(tracker.run_id, bundle_dir, model, cvres, cfg, hpo, explanation, metrics, report)
 
 
 def _default_bundle_dir(run_id: str | None) -> Path:

@@ -1,0 +1,148 @@
+"""The training run's report, from a tiny real tracked run: every section is on the page, the numbers are
+the run's (CV table against CVResult), the page is self-contained and under budget, it is logged to
+MLflow, the pipeline's last step fills the model card from the registry, and a real headless Chromium
+opens it without console errors or broken images (screenshot saved under the test's tmp folder)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from genexflow.report import (
+    MAX_BYTES,
+    RUN_SECTIONS,
+    corrected_t_interval,
+    finalize_run_report,
+    read_page_data,
+    update_card,
+)
+from genexflow.simulate import simulate_cohort
+from genexflow.training.config import MODEL_PRESETS, TrainConfig
+
+from _browser import Browser, chromium_binary
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    from genexflow.training.run import train_and_track
+
+    tmp = tmp_path_factory.mktemp("report-run")
+    c, _ = simulate_cohort(n_samples=60, n_genes=200, n_pathways=10, seed=3)
+    c.X = c.X.astype(np.float32)
+    c.X[0, 5] = np.nan  # one missing value: the report must say it was imputed, and where
+    cfg = TrainConfig(label="label", epochs=3, lr=1e-3, batch_size=16, batch_column="batch", num_threads=1,
+                      model=MODEL_PRESETS["tiny"], wide_init="none")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    out = train_and_track(c, cfg, cv=2, baselines=["logreg_l2", "hist_gb"], tracking_uri=uri, out=tmp / "bundle",
+                          explain_samples=12, explain_methods=("attention", "integrated_gradients"),
+                          run_name="report")
+    return out, c, uri, tmp
+
+
+def test_report_has_every_section_and_the_runs_numbers(run):
+    out, cohort, _, _ = run
+    html = out.report_path.read_text()
+    assert out.report_path == out.bundle_dir / "report.html"
+    assert out.report_path.stat().st_size < MAX_BYTES
+    for sid in RUN_SECTIONS:
+        assert f"<section id='{sid}'>" in html
+    assert "http://" not in re.sub(r"href='[^']*'", "", html).replace("http://www.w3.org", "")  # nothing fetched
+    data = read_page_data(out.report_path)
+    assert data["cohort"]["n_samples"] == cohort.n_samples
+    assert data["cohort"]["imputed"]["n_cells"] == 1
+    assert data["cohort"]["imputed"]["samples"] == {str(cohort.sample_ids[0]): 1}
+    # CV table: means are the CVResult's, the paired difference is the mean per-fold difference
+    s = out.cv.summary(["balanced_accuracy"])
+    rows = {r["model"]: r for r in data["cv"]["rows"]}
+    assert set(rows) == set(s.index)
+    for m, r in rows.items():
+        assert r["mean"] == pytest.approx(s.loc[m, "balanced_accuracy_mean"])
+        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    best = max((m for m in rows if m != "pathwaynet"), key=lambda m: rows[m]["mean"])
+    assert rows[best]["is_best_baseline"]
+    f = out.cv.folds.pivot_table(index="split", columns="model", values="balanced_accuracy")
+    assert rows["pathwaynet"]["diff"] == pytest.approx((f["pathwaynet"] - f[best]).mean())
+    # batch views: the correction lowers the batch silhouette of the simulator's planted batch effect
+    views = data["batch"]["views"]
+    assert views["after"]["batch_silhouette"] < views["before"]["batch_silhouette"]
+    assert data["batch"]["association"]["test"] == "chi-squared"
+    # biology: top pathways link to KEGG
+    assert "https://www.kegg.jp/pathway/hsa" in html
+    assert data["card"]["data"]["md5"] == out.model.info.lineage["dataset"]["md5"]
+
+
+def test_report_is_logged_to_mlflow(run):
+    from mlflow.tracking import MlflowClient
+
+    out, _, uri, tmp = run
+    client = MlflowClient(uri)
+    assert "report/report.html" in [a.path for a in client.list_artifacts(out.run_id, "report")]
+    tag = client.get_run(out.run_id).data.tags["genexflow.report"]
+    assert tag.endswith("/report/report.html")
+    assert read_page_data(out.report_path)["card"]["mlflow"]["report_uri"] == tag
+
+
+def test_pipeline_step_fills_the_model_card_from_the_registry(run):
+    """The final pipeline step reads version, aliases, gate and infra tags and re-renders the card."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    out, _, uri, tmp = run
+    client = MlflowClient(uri)
+    name = "report-test-model"
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, f"runs:/{out.run_id}/bundle", run_id=out.run_id)
+    client.set_registered_model_alias(name, "champion", mv.version)
+    metrics = {"challenger": {"balanced_accuracy": 0.9}, "champion": None, "baselines": {"logreg_l2": 0.85}}
+    for k, v in {"gate.decision": "pass", "gate.reason": "beats best baseline logreg_l2 by +0.0500",
+                 "gate.metrics": json.dumps(metrics), "gate.policy": json.dumps({"metric": "balanced_accuracy",
+                                                                                 "margin": 0.0, "baseline_margin": 0.0}),
+                 "infra.decision": "pass", "infra.reason": "Triton answers = onnxruntime",
+                 "infra.details": json.dumps({"max_abs_diff": 1e-7, "n_requests": 4})}.items():
+        client.set_model_version_tag(name, mv.version, k, v)
+    report_uri = finalize_run_report(out.run_id, uri, model_name=name, outcome={"state": "SUCCEEDED"})
+    assert report_uri.endswith("/report/report.html")
+    got = client.get_model_version(name, mv.version)
+    assert got.tags["genexflow.report"] == report_uri and report_uri in got.description
+    local = client.download_artifacts(out.run_id, "report/report.html", str(tmp / "dl"))
+    card = read_page_data(local)["card"]
+    assert card["registry"]["version"] == int(mv.version) and card["registry"]["aliases"] == ["champion"]
+    assert card["gate"]["decision"] == "pass" and "+0.0500 vs best baseline logreg_l2" in card["gate"]["margin"]
+    assert card["infra"]["details"]["n_requests"] == 4 and card["outcome"]["state"] == "SUCCEEDED"
+    html = open(local).read()
+    assert "The registry gate passed for version" in html
+    # a second update keeps the rest of the data
+    update_card(local, {"outcome": {"state": "FAILED"}})
+    assert read_page_data(local)["card"]["registry"]["version"] == int(mv.version)
+
+
+def test_corrected_interval_matches_scipy():
+    from scipy import stats
+
+    v = np.array([0.71, 0.8, 0.77, 0.9, 0.68, 0.74])
+    m, s, lo, hi = corrected_t_interval(v, 0.25)
+    ref = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=np.sqrt(1 / len(v) + 0.25) * v.std(ddof=1))
+    assert (m, s) == pytest.approx((v.mean(), v.std(ddof=1)))
+    assert (lo, hi) == pytest.approx(ref)
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="chromium is not installed (Debian package `chromium`)")
+def test_report_opens_in_chromium(run, tmp_path):
+    out, _, _, _ = run
+    with Browser(tmp_path / "profile") as b:
+        b.open(out.report_path, ready="['ready', 'failed'].includes(document.body.dataset.plots)")
+        assert b.eval("document.body.dataset.plots") == "ready"
+        assert b.eval("Array.from(document.querySelectorAll('section')).map(s => s.id)") == list(RUN_SECTIONS)
+        n_plots = b.eval("document.querySelectorAll('.gx-plot').length")
+        assert n_plots >= 5 and b.eval("document.querySelectorAll('.gx-plot .main-svg').length") >= n_plots
+        assert b.eval("document.images.length") >= 3
+        assert b.eval("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length") == 0
+        shot = b.screenshot(tmp_path / "report.png")
+        assert b.errors == []
+    assert shot.stat().st_size > 50_000
