@@ -11,6 +11,8 @@ import typer
 
 from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console
+from genexflow.cli._summary import print_run_summary
+from genexflow.report import fetch_run_report
 
 pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, submit, schedule (cron), run locally.",
                            no_args_is_help=True)
@@ -241,6 +243,10 @@ def _print_training_summary(result) -> None:
         out.print(f"[bold]deployed[/]         {result.deployed_path} (Triton version {result.triton_version})")
     for label, path in result.reports.items():
         out.print(f"[bold]{label:<16}[/] {_viewable(path)}", highlight=False)
+    if result.mlflow_run_id:  # the report as the last step completed it (model card: registry, gate, infra)
+        report = fetch_run_report(result.mlflow_run_id, result.run.run_dir / "report.html",
+                                  result.workspace.tracking_uri)
+        print_run_summary(out, report)
 
 
 def _viewable(path: str) -> str:

@@ -9,6 +9,7 @@ import typer
 
 from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console, progress
+from genexflow.cli._summary import print_run_summary
 
 
 def _split(text: str | None) -> list[str]:
@@ -99,8 +100,6 @@ def train(
 
 def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
            experiment, run_name, explain_samples, no_shap, quiet: bool) -> None:
-    from rich.table import Table
-
     from genexflow.training.baselines import baseline_names
     from genexflow.training.cv import DEEP, encode_labels
     from genexflow.training.run import Hooks, train_and_track
@@ -161,17 +160,10 @@ def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, n
         )
         bar.update(stage_task, description="done", total=1, completed=1)
 
-    if outcome.cv is not None:
-        tab = outcome.cv.table()
-        t = Table("model", *tab.columns, title=f"{split} CV ({len(outcome.cv.folds) // max(len(tab), 1)} folds)")
-        for model, row in tab.iterrows():
-            t.add_row(f"[bold]{model}[/]" if model == DEEP else str(model), *row.tolist())
-        console.print(t)
-        if split == "lobo":
-            console.print(outcome.cv.per_group("accuracy").round(3).to_string())
-    if outcome.explanation is not None and len(outcome.explanation.pathways):
-        top = outcome.explanation.top_pathways(5)
-        console.print("top pathways: " + ", ".join(map(str, top.index)))
+    if outcome.cv is not None and split == "lobo":
+        console.print(outcome.cv.per_group("accuracy").round(3).to_string())
+    if outcome.report_path is not None:
+        print_run_summary(console, outcome.report_path)
     if outcome.run_id:
         console.print(f"MLflow run {outcome.run_id} ({outcome.run_id and (tracking_uri or 'default store')})",
                       markup=False)

@@ -16,11 +16,15 @@ def record_outcome(
     experiment_name: str = "",
     model_name: str = "",
 ) -> str:
-    """Write the run's final state (and error) as JSON and tag this job's MLflow runs with it."""
+    """Write the run's final state (and error) as JSON, tag this job's MLflow runs with it and complete the
+    model card of each run's report (registry version, aliases, gate, infra-validation, outcome)."""
     from genexflow.components._steps import record_outcome as record
+    from genexflow.report import finalize_run_report
 
     error = (status.error_message or "") if status.state != "SUCCEEDED" else ""
     rec = record(status.state, error, pipeline_job, outcome.path, tracking_uri=mlflow_tracking_uri,
                  experiment=experiment_name, model_name=model_name)
     outcome.metadata.update({"state": rec["state"], "mlflow_runs": len(rec["mlflow_runs"])})
+    for run_id in rec["mlflow_runs"]:  # the last step: the report's model card gets registry, gate, infra
+        finalize_run_report(run_id, mlflow_tracking_uri or None, model_name=model_name or None, outcome=rec)
     return status.state

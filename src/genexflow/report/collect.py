@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from genexflow.cohort import Cohort
+from genexflow.errors import InputError
+from genexflow.preprocessing.confounding import batch_label_association
 from genexflow.report.links import pathway_names
 from genexflow.report.page import clean_json
 from genexflow.report.stats import PRIMARY, cv_comparison, verdict
@@ -64,8 +66,9 @@ def collect_run_data(
     qc : dict, optional
         Ingest/preprocess facts the caller knows (``value_type_source``, ``quarantine``, ``imputed``), merged
         over what the cohort's own lineage says.
-    confounding : object with ``to_dict()`` or dict, optional
-        The batch-label association test of the preprocessing step.
+    confounding : ConfoundingResult or dict, optional
+        The batch-label association (:func:`genexflow.preprocessing.confounding.batch_label_association`);
+        computed here from the sample sheet when not given.
 
     Returns
     -------
@@ -190,11 +193,14 @@ def batch_section(cohort: Cohort, config: Any, pre: Any, confounding: Any) -> di
     batch_col = getattr(config, "batch_column", None)
     label = getattr(config, "label", None)
     out: dict[str, Any] = {"batch_column": batch_col, "method": None, "views": {}}
+    if confounding is None and batch_col and label and {batch_col, label} <= set(cohort.samples.columns):
+        try:
+            confounding = batch_label_association(cohort.samples[batch_col], cohort.samples[label],
+                                                  task=getattr(config, "task", "auto"))
+        except InputError as exc:  # one batch or one class: nothing to test; say why on the page
+            out["association"] = {"note": str(exc)}
     if confounding is not None:
         out["association"] = confounding.to_dict() if hasattr(confounding, "to_dict") else dict(confounding)
-    elif batch_col and label and batch_col in cohort.samples.columns and label in cohort.samples.columns:
-        out["association"] = association_test(cohort.samples[batch_col], cohort.samples[label],
-                                              getattr(config, "task", "classification"))
     if pre is None or not hasattr(pre, "transform"):
         out["missing"] = "no fitted preprocessing in this run"
         return out
@@ -222,34 +228,6 @@ def batch_section(cohort: Cohort, config: Any, pre: Any, confounding: Any) -> di
             v["label_silhouette"] = _silhouette(Z, np.asarray(out["labels"]))
         out["views"][name] = v
     return out
-
-
-def association_test(batch: pd.Series, label: pd.Series, task: str) -> dict[str, Any]:
-    """Chi-squared test and Cramér's V of batch x label (classification) or one-way ANOVA of the target
-    across batches (regression), on the rows that have both."""
-    from scipy import stats
-
-    ok = batch.notna() & label.notna()
-    b = batch[ok].astype(str)
-    if task == "classification":
-        tab = pd.crosstab(b, label[ok].astype(str))
-        if min(tab.shape) < 2:
-            return {"test": "chi-squared", "note": "fewer than two batches or classes"}
-        chi2, p, dof, _ = stats.chi2_contingency(tab.to_numpy())
-        v = float(np.sqrt(chi2 / (tab.to_numpy().sum() * (min(tab.shape) - 1))))
-        return {"test": "chi-squared", "statistic": float(chi2), "dof": int(dof), "p_value": float(p),
-                "effect": v, "effect_name": "Cramér's V",
-                "table": {"batches": tab.index.tolist(), "labels": tab.columns.tolist(), "counts": tab.to_numpy().tolist()}}
-    y = pd.to_numeric(label[ok], errors="coerce")
-    groups = [y[b == lv].dropna().to_numpy() for lv in sorted(b.unique())]
-    groups = [g for g in groups if len(g)]
-    if len(groups) < 2:
-        return {"test": "ANOVA", "note": "fewer than two batches"}
-    f, p = stats.f_oneway(*groups)
-    allv = np.concatenate(groups)
-    ss_between = sum(len(g) * (g.mean() - allv.mean()) ** 2 for g in groups)
-    eta2 = float(ss_between / max(((allv - allv.mean()) ** 2).sum(), 1e-300))
-    return {"test": "ANOVA", "statistic": float(f), "p_value": float(p), "effect": eta2, "effect_name": "eta²"}
 
 
 # ------------------------------------------------------------------------------------------------ CV

@@ -24,6 +24,7 @@ from genexflow.report.page import (
 )
 
 DEEP = "pathwaynet"
+EFFECT_NAMES = {"cramers_v": "Cramér's V", "eta_squared": "eta²"}
 #: Section ids in page order (the browser test checks each one is on the page).
 RUN_SECTIONS = ("summary", "cohort", "batch", "cv", "curves", "confusion", "learning", "biology", "model-card")
 
@@ -81,10 +82,11 @@ def summary_body(data: dict[str, Any]) -> Html:
         facts.append("<li>Cross-validation was not run (CV folds = 0), so there is no comparison with the "
                      "baselines on the same folds.</li>")
     assoc = b.get("association") or {}
-    if assoc.get("p_value") is not None and assoc["p_value"] < 0.05:
-        facts.append(f"<li><b>Batch and label are associated</b> ({esc(assoc.get('test'))} p = "
-                     f"{assoc['p_value']:.2g}, {esc(assoc.get('effect_name'))} {assoc.get('effect', float('nan')):.2f}): "
-                     "batch correction may remove real signal; see Batch effects.</li>")
+    if assoc.get("confounded"):
+        facts.append(f"<li><b>Batch and label are confounded</b> ({esc(assoc.get('test'))} p = {assoc['p_value']:.2g}, "
+                     f"{esc(EFFECT_NAMES.get(assoc.get('effect_name'), assoc.get('effect_name')))} "
+                     f"{assoc.get('effect_size', float('nan')):.2f}): batch correction may remove real signal; see "
+                     "Batch effects.</li>")
     facts.append(f"<li>{esc(gate_sentence(card))}</li>")
     return Html(f"<div class='{cls}'><ul class='facts'>{''.join(facts)}</ul></div>")
 
@@ -192,22 +194,21 @@ def batch_body(b: dict[str, Any], meta: dict[str, Any]) -> Html:
     elif a.get("p_value") is None:
         parts.append(na(a.get("note") or "the test could not be computed"))
     else:
-        strong = a["p_value"] < 0.05
+        strong = bool(a.get("confounded"))
         parts.append(
-            f"<p>{badge('associated', 'warn') if strong else badge('no evidence of association', 'ok')} "
+            f"<p>{badge('confounded: ' + str(a.get('level')), 'warn') if strong else badge(str(a.get('level')) + ' association', 'ok')} "
             f"{esc(a.get('test'))}: statistic {a.get('statistic', float('nan')):.3g}, p = {a['p_value']:.3g}, "
-            f"{esc(a.get('effect_name'))} = {a.get('effect', float('nan')):.3f}.</p>")
+            f"{esc(EFFECT_NAMES.get(a.get('effect_name'), a.get('effect_name')))} = {a.get('effect_size', float('nan')):.3f}.</p>")
         if strong:
-            parts.append("<div class='callout'>When batch and label are associated, correcting the batch without the "
-                         "label in the design removes part of the label signal (Nygaard et al. 2016). Alternatives: "
-                         "keep the batch as a model covariate instead of correcting, use ComBat's reference-batch "
-                         "mode, or skip correction; compare them on the CV table.</div>")
-        if a.get("recommendation"):
-            parts.append(f"<p>Recommendation: {esc(a['recommendation'])}</p>")
-        t = a.get("table")
-        if t:
-            parts.append(table(["batch", *t["labels"]], [[bn, *row] for bn, row in zip(t["batches"], t["counts"], strict=True)],
-                               numeric=[False] + [True] * len(t["labels"])))
+            alts = "".join(f"<li>{esc(x)}</li>" for x in a.get("alternatives") or [])
+            parts.append("<div class='callout'>Batch and label are associated: a correction that does not know the "
+                         "label removes part of the label signal (Nygaard et al. 2016). Alternatives, best first "
+                         f"as measured (docs/preprocessing.md):<ul>{alts}</ul></div>")
+        t = a.get("table") or {}
+        cols = sorted({c for row in t.values() for c in row})
+        if t and cols:
+            parts.append(table(["batch", *cols], [[bn, *[row.get(c) for c in cols]] for bn, row in t.items()],
+                               numeric=[False] + [True] * len(cols)))
     return Html("".join(parts))
 
 
