@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from genexflow.cli._common import console, step
+from genexflow.report import write_drift_page
 
 EXIT_DRIFT = 3
 
@@ -154,14 +155,17 @@ def check(
                                  model_key=key, force=force, workspace=ws, host=kfp_host)
         record_trigger(result, tr, uri)
         console.print(f"retraining: {tr.reason}" + (f" ({tr.url or tr.run_id})" if tr.run_id else ""), markup=False)
+    page = write_drift_page(out, mlflow_run_id=result.mlflow_run_id, tracking_uri=uri)
     if as_json:
         typer.echo(json.dumps({**d.to_dict(), "out_dir": str(out), "mlflow_run_id": result.mlflow_run_id,
+                               "report": str(page),
                                "trigger": result.trigger.to_dict() if result.trigger else None},
                               indent=1, default=str))
     else:
         console.print(str(d), markup=False)
         console.print(f"reports: {out}" + (f"  (MLflow run {result.mlflow_run_id})" if result.mlflow_run_id else ""),
                       markup=False)
+        console.print(f"[bold]drift report[/] {page.resolve()}", highlight=False, soft_wrap=True)
     if d.drift and fail_on_drift:
         raise typer.Exit(EXIT_DRIFT)
 

@@ -7,7 +7,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -39,23 +41,27 @@ class Browser:
         if binary is None:
             raise RuntimeError("chromium is not installed")
         self.profile_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self.profile_dir / "DevToolsActivePort"
+        port_file.unlink(missing_ok=True)  # a reused profile keeps the last browser's port
         self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={self.profile_dir}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        port_file = self.profile_dir / "DevToolsActivePort"
-        deadline = time.time() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.time() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:  # noqa: S310 - loopback
-            pages = [t for t in json.load(r) if t.get("type") == "page"]
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
-        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
-            self.send(method)
-        self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
-                  deviceScaleFactor=1, mobile=False)
+        try:
+            deadline = time.time() + 30
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("chromium did not open its DevTools port")
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:  # noqa: S310 - loopback
+                pages = [t for t in json.load(r) if t.get("type") == "page"]
+            self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+            for method in ("Runtime.enable", "Log.enable", "Page.enable"):
+                self.send(method)
+            self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self.close()  # never leave a browser behind
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -65,11 +71,12 @@ class Browser:
         with contextlib.suppress(Exception):
             self.ws.close()
         if getattr(self, "proc", None) is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            # chromium runs in its own session: end the whole group (renderer, GPU and utility processes)
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ protocol
     def _event(self, msg: dict) -> None:

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from _browser import Browser, chromium_binary
 
 from genexflow.report import (
     MAX_BYTES,
@@ -20,8 +21,6 @@ from genexflow.report import (
 )
 from genexflow.simulate import simulate_cohort
 from genexflow.training.config import MODEL_PRESETS, TrainConfig
-
-from _browser import Browser, chromium_binary
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +146,67 @@ def test_report_opens_in_chromium(run, tmp_path):
         shot = b.screenshot(tmp_path / "report.png")
         assert b.errors == []
     assert shot.stat().st_size > 50_000
+
+
+def test_terminal_summary_reads_the_report(run):
+    """What genexflow train/run print at the end: CV table, value type, imputation, gate, report path."""
+    from rich.console import Console
+
+    from genexflow.cli._summary import print_run_summary
+
+    out, cohort, _, _ = run
+    con = Console(record=True, width=160)
+    print_run_summary(con, out.report_path)
+    text = con.export_text()
+    rows = {r["model"]: r for r in read_page_data(out.report_path)["cv"]["rows"]}
+    deep = rows["pathwaynet"]
+    assert f"{deep['mean']:.3f} ± {deep['sd']:.3f}" in text and f"{deep['diff']:+.3f}" in text
+    assert "best baseline" in text and "value type: counts" in text
+    assert "imputed: 1 missing value(s) by KNN" in text and str(cohort.sample_ids[0]) in text
+    assert "gate: Not gated" in text and str(out.report_path.resolve()) in text.replace("\n", "")
+
+
+# ------------------------------------------------------------------------------------------------ drift page
+@pytest.fixture(scope="module")
+def drift(run):
+    """A real drift check of the run's model on a shifted cohort with an unseen batch."""
+    from genexflow.monitoring.check import drift_check
+    from genexflow.report import write_drift_page
+
+    out, cohort, _, tmp = run
+    new = cohort.subset(np.arange(40))
+    new.X = new.X.astype(np.float32)
+    new.X[:, :30] *= 6  # thirty genes shift up
+    new.samples = new.samples.copy()
+    new.samples.loc[new.samples.index[:10], "batch"] = "batch9"  # a site the model never saw
+    res = drift_check(new, out.bundle_dir, out_dir=tmp / "drift", mlflow_tracking_uri="none", max_pathways=10)
+    return res, write_drift_page(tmp / "drift")
+
+
+def test_drift_page_shows_the_checks_findings(drift):
+    from genexflow.report import DRIFT_SECTIONS
+
+    res, page = drift
+    html = page.read_text()
+    for sid in DRIFT_SECTIONS:
+        assert f"<section id='{sid}'>" in html
+    assert res.decision.drift and page.stat().st_size < MAX_BYTES
+    data = read_page_data(page)["decision"]
+    assert data["evidence"]["batch"]["unseen_levels"] == ["batch9"] and "batch9" in html
+    top = res.reports["gene"].top_genes(5).index
+    assert all(g in html for g in top)
+    assert "href='evidently_report.html'" in html and (page.parent / "evidently_report.html").exists()
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="chromium is not installed (Debian package `chromium`)")
+def test_drift_page_opens_in_chromium(drift, tmp_path):
+    from genexflow.report import DRIFT_SECTIONS
+
+    _, page = drift
+    with Browser(tmp_path / "profile") as b:
+        b.open(page, ready="['ready', 'failed'].includes(document.body.dataset.plots) || !document.querySelector('.gx-plot')")
+        assert b.eval("Array.from(document.querySelectorAll('section')).map(s => s.id)") == list(DRIFT_SECTIONS)
+        assert b.eval("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length") == 0
+        assert b.eval("document.body.dataset.plots || 'none'") in ("ready", "none")
+        b.screenshot(tmp_path / "drift.png")
+        assert b.errors == []

@@ -22,7 +22,7 @@ from genexflow.report.card import (
     update_card,
 )
 from genexflow.report.collect import collect_run_data
-from genexflow.report.drift import DRIFT_SECTIONS, render_drift_report, write_drift_report
+from genexflow.report.drift import DRIFT_SECTIONS, render_drift_report, write_drift_page, write_drift_report
 from genexflow.report.page import MAX_BYTES, read_page_data, write_page
 from genexflow.report.render import RUN_SECTIONS, gate_sentence, render_run_report
 from genexflow.report.stats import ModelRow, corrected_t_interval, cv_comparison
@@ -46,6 +46,6 @@ __all__ = [
     "ARTIFACT_DIR", "ARTIFACT_NAME", "DRIFT_SECTIONS", "MAX_BYTES", "ModelRow", "RUN_SECTIONS", "collect_run_data",
     "corrected_t_interval", "cv_comparison", "fetch_run_report", "finalize_run_report", "gate_sentence", "log_run_report",
     "report_artifact_uri",
-    "read_page_data", "render_drift_report", "render_run_report", "update_card", "write_drift_report", "write_page",
+    "read_page_data", "render_drift_report", "render_run_report", "update_card", "write_drift_page", "write_drift_report", "write_page",
     "write_run_report",
 ]

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from genexflow.errors import InputError
 from genexflow.report import figures
 from genexflow.report.links import gene_url, pathway_url
 from genexflow.report.page import (
@@ -117,15 +119,20 @@ def genes_body(g: dict[str, Any] | None) -> Html:
     return Html("".join(parts))
 
 
-def _group_rows(feature_table: pd.DataFrame | None, prefix: str) -> pd.DataFrame:
-    if feature_table is None or not len(feature_table):
-        return pd.DataFrame()
-    t = feature_table[feature_table.index.astype(str).str.startswith(prefix)]
-    return t
-
-
-def _score_column(t: pd.DataFrame) -> str | None:
-    return next((c for c in ("drift_score", "statistic", "score", "stattest_score") if c in t.columns), None)
+def _group_table(feature_table: pd.DataFrame | None, group: str, n: int = 15) -> Html | None:
+    """The most drifted columns of one feature group (``feature_drift.csv``: group, method, score, drifted);
+    p-value scores sort ascending, distances descending."""
+    if feature_table is None or "group" not in feature_table.columns:
+        return None
+    t = feature_table[feature_table["group"] == group]
+    if not len(t) or "score" not in t.columns:
+        return None
+    pvals = t.get("method", pd.Series("", index=t.index)).astype(str).str.contains("p_value")
+    t = t.assign(_key=np.where(pvals, t["score"], -t["score"])).sort_values("_key").head(n)
+    return table(["column", "test", "score", "drifted"],
+                 [[_pathway_col(str(i)) if group == "pathway" else i, r.get("method"), r.get("score"),
+                   "yes" if bool(r.get("drifted")) else "no"] for i, r in t.iterrows()],
+                 numeric=[False, False, True, False])
 
 
 def pathways_body(g: dict[str, Any] | None, f: dict[str, Any] | None, feature_table: pd.DataFrame | None) -> Html:
@@ -133,13 +140,7 @@ def pathways_body(g: dict[str, Any] | None, f: dict[str, Any] | None, feature_ta
     shares = (f or {}).get("group_shares") or {}
     if "pathway" in shares:
         parts.append(f"<p>{shares['pathway']:.0%} of the pathway-score columns drifted (Evidently, per-column tests).</p>")
-        t = _group_rows(feature_table, "pathway")
-        col = _score_column(t)
-        if len(t) and col:
-            t = t.sort_values(col, ascending=False).head(15)
-            parts.append(table(["pathway score", col, "drifted"],
-                               [[_pathway_col(i), r[col], "yes" if r.get("drifted") else "no"] for i, r in t.iterrows()],
-                               numeric=[False, True, False]))
+        parts.append(_group_table(feature_table, "pathway") or "")
     else:
         parts.append(na("pathway scores were not part of this check (no pathway scores in the reference profile)"))
     parts.append("<h3>Pathways enriched among the drifted genes</h3>")
@@ -155,7 +156,8 @@ def pathways_body(g: dict[str, Any] | None, f: dict[str, Any] | None, feature_ta
 
 
 def _pathway_col(col: str) -> Html:
-    pid = str(col).split("pathway_", 1)[-1] if str(col).startswith("pathway_") else str(col)
+    """A pathway-score column (``pw_<pathway id>``) linked to the pathway's page."""
+    pid = str(col).split("_", 1)[-1] if str(col).startswith(("pw_", "pathway_")) else str(col)
     return Html(f"{link(pathway_url(pid), col)}")
 
 
@@ -177,6 +179,9 @@ def latent_body(f: dict[str, Any] | None, nv: dict[str, Any] | None, feature_tab
             parts.append(figure_plotly(fig, "Drift by feature group: latent and PCA drift mean the new samples sit "
                                             "elsewhere in the model's space even when single genes look stable.",
                                        "drift-groups", height=320))
+        lat = _group_table(feature_table, "latent", 10)
+        if lat:
+            parts.append("<h3>Most drifted latent dimensions</h3>" + lat)
     else:
         parts.append(na("the Evidently feature report did not run (--no-evidently)"))
     parts.append("<h3>Novelty</h3>")
@@ -184,7 +189,7 @@ def latent_body(f: dict[str, Any] | None, nv: dict[str, Any] | None, feature_tab
         parts.append(kv([("space", nv.get("space")), ("novel samples", f"{nv.get('n_novel')} ({(nv.get('novel_fraction') or 0):.1%}, "
                                                                         f"expected {(nv.get('expected_fraction') or 0):.1%})"),
                          ("p-value (more novel than expected)", nv.get("pvalue")),
-                         ("most novel samples", ", ".join(map(str, nv.get("most_novel_samples") or [])[:10]) or "—")]))
+                         ("most novel samples", ", ".join(map(str, (nv.get("most_novel_samples") or [])[:10])) or "—")]))
     else:
         parts.append(na("novelty was not checked"))
     return Html("".join(parts))
@@ -242,11 +247,27 @@ def evidently_body(href: str | None, f: dict[str, Any] | None) -> Html:
                         "loads its scripts from the web).</p>")
 
 
-def feature_table_from(path: str | Path) -> pd.DataFrame | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    return pd.read_csv(p, index_col=0)
+def write_drift_page(out_dir: str | Path, *, mlflow_run_id: str | None = None, tracking_uri: str | None = None,
+                     name: str = "drift_report.html") -> Path:
+    """The page of the drift check whose outputs are in ``out_dir`` (``decision.json``, and when present
+    ``feature_drift.csv`` and ``evidently_report.html``, linked relatively); logged to the check's MLflow run
+    under ``drift/`` when ``mlflow_run_id`` is given."""
+    import json
+
+    out = Path(out_dir)
+    decision_file = out / "decision.json"
+    if not decision_file.is_file():
+        raise InputError(f"{out}: no decision.json; run the drift check first")
+    decision = json.loads(decision_file.read_text())
+    evidently = "evidently_report.html" if (out / "evidently_report.html").is_file() else None
+    features = out / "feature_drift.csv"
+    table_ = pd.read_csv(features, index_col=0) if features.is_file() else None
+    page = write_drift_report(out / name, decision, evidently_html=evidently, feature_table=table_)
+    if mlflow_run_id:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri or None).log_artifact(mlflow_run_id, str(page), "drift")
+    return page
 
 
-__all__ = ["DRIFT_SECTIONS", "feature_table_from", "render_drift_report", "write_drift_report"]
+__all__ = ["DRIFT_SECTIONS", "render_drift_report", "write_drift_page", "write_drift_report"]
