@@ -136,8 +136,12 @@ def test_clear_errors():
     with pytest.raises(InputError, match="confounded with batch"):
         ComBat().fit(X, batch=batch, covariates=pd.DataFrame({"site": batch.astype(str)}))
     Xn = X.copy()
-    Xn[2, 5] = np.nan
-    with pytest.raises(InputError, match="missing.*impute"):
+    Xn[2, 5] = np.inf
+    with pytest.raises(InputError, match="infinite"):
+        ComBat().fit(Xn, batch=batch)
+    Xn[batch == 0, 5] = np.nan  # a gene never observed in a batch (NaN alone is sva's missing-value path)
+    Xn[np.flatnonzero(batch == 0)[0], 5] = 1.0
+    with pytest.raises(InputError, match="observed value.*batch 0.*mean_only"):
         ComBat().fit(Xn, batch=batch)
     Xc = X.copy()
     Xc[batch == 1, 3] = 4.0

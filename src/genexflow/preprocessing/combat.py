@@ -122,6 +122,8 @@ def it_sol(
 
 def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
                block: int = _EPRIOR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    # sdat may hold NaN (sva's missing-value path): gene g's likelihood then uses its observed values
+    # only, n_g of them; with no NaN this is the expansion below with n_g = n
     """Non-parametric EB estimates of sva's ``int.eprior`` for one batch, vectorized in blocks.
 
     For each gene ``g`` sva averages the other genes' ``(gamma_h, delta_h)`` weighted by the likelihood
@@ -146,14 +148,24 @@ def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
     gamma_star, delta_star : ndarray of shape (n_genes,)
     """
     n, G = sdat.shape
-    s1 = sdat.sum(axis=0)
-    s2 = (sdat * sdat).sum(axis=0)
-    A = -0.5 * n * np.log(2 * math.pi * d_hat) - n * g_hat * g_hat / (2 * d_hat)
     B = g_hat / d_hat
     C = -1.0 / (2 * d_hat)
-    own = A + s1 * B + s2 * C  # log LH of each gene under its own estimates (close to the row max)
-    P = np.stack([np.ones(G), s1, s2, own], axis=1)  # (G, 4)
-    Q = np.stack([A, B, C, -np.ones(G)], axis=0)  # (4, G)
+    if np.isnan(sdat).any():
+        n_obs = (~np.isnan(sdat)).sum(axis=0).astype(np.float64)
+        s1 = np.nansum(sdat, axis=0)
+        s2 = np.nansum(sdat * sdat, axis=0)
+        a = -0.5 * np.log(2 * math.pi * d_hat) - g_hat * g_hat / (2 * d_hat)  # log LH per observed value
+        own = n_obs * a + s1 * B + s2 * C
+        P = np.stack([n_obs, s1, s2, own], axis=1)
+        Q = np.stack([a, B, C, -np.ones(G)], axis=0)
+        A = None
+    else:
+        s1 = sdat.sum(axis=0)
+        s2 = (sdat * sdat).sum(axis=0)
+        A = -0.5 * n * np.log(2 * math.pi * d_hat) - n * g_hat * g_hat / (2 * d_hat)
+        own = A + s1 * B + s2 * C  # log LH of each gene under its own estimates (close to the row max)
+        P = np.stack([np.ones(G), s1, s2, own], axis=1)  # (G, 4)
+        Q = np.stack([A, B, C, -np.ones(G)], axis=0)  # (4, G)
     V = np.stack([np.ones(G), g_hat, d_hat], axis=1)  # (G, 3)
     out = np.empty((G, 3))
     rows = max(1, block // G)
@@ -178,7 +190,7 @@ def int_eprior(sdat: np.ndarray, g_hat: np.ndarray, d_hat: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         bad = ~(out[:, 0] > 0) | ~np.isfinite(out).all(axis=1)
     for i in np.flatnonzero(bad):  # all weights underflowed (or overflowed): exact shift by the row max
-        li = A + s1[i] * B + s2[i] * C
+        li = (A if A is not None else P[i, 0] * Q[0]) + s1[i] * B + s2[i] * C
         li[i] = -np.inf
         out[i] = np.exp(li - li.max()) @ V
     return out[:, 1] / out[:, 0], out[:, 2] / out[:, 0]
@@ -210,6 +222,56 @@ def eb_batch_estimates(
     if mean_only:
         d_hat = np.ones_like(d_hat)
     return int_eprior(sdat, g_hat, d_hat)
+
+
+def _masked_lstsq(design: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """sva's ``Beta.NA`` for every column of ``Y`` (n, G) at once: least squares on the observed rows,
+    ``solve(crossprod(X_obs), crossprod(X_obs, y_obs))`` per gene, shape (p, G)."""
+    obs = ~np.isnan(Y)
+    w = obs.astype(np.float64)
+    xtx = np.einsum("ng,ni,nj->gij", w, design, design)
+    xty = design.T @ np.where(obs, Y, 0.0)
+    return np.linalg.solve(xtx, xty.T[:, :, None])[:, :, 0].T
+
+
+def _row_vars_na(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """genefilter's ``rowVars(x, na.rm = TRUE)`` (what sva calls) down the columns of ``R`` (n, G):
+    ``sum((x - mean)^2) / (n_obs - 1)`` over observed values; also returns ``n_obs``."""
+    n_obs = (~np.isnan(R)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(R, axis=0) / n_obs
+        return np.nansum((R - mean) ** 2, axis=0) / (n_obs - 1), n_obs
+
+
+def _fit_with_missing(X: np.ndarray, design: np.ndarray, nb: int, bidx: np.ndarray, counts: np.ndarray,
+                      ref: int | None):
+    """sva's missing-value path (``NAs == TRUE`` in ``ComBat.R``) on the adjusted genes.
+
+    Differs from the complete-data path in three places, all reproduced: ``B.hat`` and ``gamma.hat`` are
+    per-gene least squares on the observed samples (``Beta.NA``); ``var.pooled`` is genefilter's
+    ``rowVars(residuals, na.rm = TRUE)``, i.e. divided by ``n_obs - 1`` (the complete path divides by
+    ``n``); ``delta.hat``, the parametric iteration and the non-parametric likelihoods use each gene's
+    observed count per batch.
+
+    Returns
+    -------
+    B, var_pooled, gamma_hat, batch_mean, batch_ss, n_obs (n_batches, G), s (standardized data, NaN kept)
+    """
+    B = _masked_lstsq(design, X)
+    resid = X - design @ B
+    var_pooled, _ = _row_vars_na(resid[bidx == ref] if ref is not None else resid)
+    gm = B[ref] if ref is not None else (counts / counts.sum()) @ B[:nb]
+    s = (X - (gm + design[:, nb:] @ B[nb:])) / np.sqrt(var_pooled)
+    gamma_hat = _masked_lstsq(design[:, :nb], s)
+    G = X.shape[1]
+    bmean, ss, n_obs = np.empty((nb, G)), np.empty((nb, G)), np.empty((nb, G), dtype=np.int64)
+    for b in range(nb):
+        sb = s[bidx == b]
+        v, n_obs[b] = _row_vars_na(sb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bmean[b] = np.nansum(sb, axis=0) / n_obs[b]
+        ss[b] = v * (n_obs[b] - 1)
+    return B, var_pooled, gamma_hat, bmean, ss, n_obs, s
 
 
 # --------------------------------------------------------------------------- estimator
@@ -310,7 +372,9 @@ class ComBat(TransformerMixin, BaseEstimator):
         if self.constant_genes not in ("error", "passthrough"):
             raise InputError(f"constant_genes must be 'error' or 'passthrough', got {self.constant_genes!r}")
         X, names = as_matrix(X)
-        check_finite(X, "ComBat input", names)
+        missing = np.isnan(X)
+        check_finite(np.where(missing, 0.0, X), "ComBat input", names,
+                     hint="missing values (NaN) are allowed, infinite ones are not")
         n, G = X.shape
         batch = as_labels(batch, n, "batch")
         levels, bidx, counts = np.unique(batch, return_inverse=True, return_counts=True)
@@ -377,8 +441,15 @@ class ComBat(TransformerMixin, BaseEstimator):
         ss = np.empty((nb, Gk))
         keep_s = not self.parametric  # non-parametric EB needs every gene of a batch at once
         s_all = np.empty((n, Gk)) if keep_s else None
+        n_obs = counts[:, None]  # observed samples per batch and gene
+        has_missing = bool(missing[:, kept].any())
+        if has_missing:
+            B, var_pooled, gamma_hat, bmean, ss, n_obs, s_full = _fit_with_missing(
+                X[:, kept], design, nb, bidx, counts, ref)
+            if keep_s:
+                s_all = s_full
         # gene blocks that fit in cache: every pass below reads a block that is already there
-        for c0, c1 in _chunks(Gk, n):
+        for c0, c1 in () if has_missing else _chunks(Gk, n):
             Xc = X[:, kept[c0:c1]]
             Bc = P @ Xc
             B[:, c0:c1] = Bc
@@ -397,20 +468,28 @@ class ComBat(TransformerMixin, BaseEstimator):
             ss[:, c0:c1] = onehot @ np.square(sc - bm[bidx])
             if keep_s:
                 s_all[:, c0:c1] = sc
+        few = np.broadcast_to(n_obs < 2, gamma_hat.shape) if not self.mean_only else np.zeros((1, 1), bool)
+        if few.any():
+            b, g = np.argwhere(few)[0]
+            raise InputError(f"gene {gene_list(names, kept[[g]])} has {int(n_obs[b, g])} observed value(s) in "
+                             f"batch {levels[b]}, so its batch variance cannot be estimated (sva returns NA "
+                             "for every gene then); drop or impute that gene, or use mean_only=True")
         if (var_pooled <= 0).any():
             cols = kept[var_pooled <= 0]
             raise InputError(f"{len(cols)} genes have zero residual variance ({gene_list(names, cols)}); "
                              "drop them before ComBat")
         grand_mean = B[ref] if ref is not None else (counts / n) @ B[:nb]
         with np.errstate(invalid="ignore", divide="ignore"):
-            delta_hat = np.ones_like(bmean) if self.mean_only else ss / (counts[:, None] - 1)
+            delta_hat = np.ones_like(bmean) if self.mean_only else ss / (n_obs - 1)
         gamma_star = np.empty_like(gamma_hat)
         delta_star = np.empty_like(delta_hat)
+        n_obs = np.broadcast_to(n_obs, gamma_hat.shape)
         for b in range(nb):
             rows = s_all[bidx == b] if keep_s else None
+            nb_obs = int(counts[b]) if (n_obs[b] == counts[b]).all() else n_obs[b].astype(np.float64)
             gamma_star[b], delta_star[b] = eb_batch_estimates(
                 rows, gamma_hat[b], delta_hat[b], self.parametric, self.mean_only, self.conv,
-                moments=(int(counts[b]), bmean[b], ss[b]))
+                moments=(nb_obs, bmean[b], ss[b]))
         if ref is not None:
             gamma_star[ref] = 0.0
             delta_star[ref] = 1.0
@@ -435,6 +514,7 @@ class ComBat(TransformerMixin, BaseEstimator):
         self.gamma_star_ = widen(gamma_star, 0.0)
         self.delta_star_ = widen(delta_star, 1.0)
         self.adjusted_genes_ = keep
+        self.n_missing_ = int(missing.sum())
         self.n_features_in_ = G
         if names is not None:
             self.feature_names_in_ = names
@@ -484,7 +564,8 @@ class ComBat(TransformerMixin, BaseEstimator):
     def _transform(self, X: Any, batch: Any, covariates: Any) -> np.ndarray:
         X, names = as_matrix(X)
         check_n_genes(self, X, names)
-        check_finite(X, "ComBat input", names)
+        check_finite(np.where(np.isnan(X), 0.0, X), "ComBat input", names,
+                     hint="missing values (NaN) are allowed (they stay missing), infinite ones are not")
         n = X.shape[0]
         bidx = self.batch_index(batch, n)
         cov_d = self.covariate_design(covariates, n)
