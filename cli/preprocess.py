@@ -209,6 +209,9 @@ def combat(
     with step(f"ComBat ({kind}{', mean-only' if mean_only else ''}) over {sheet[batch_column].nunique()} batches"):
         values = est.fit_transform(df, batch=sheet[batch_column].to_numpy(),
                                    covariates=sheet[covs] if covs else None)
+    if est.n_missing_:
+        console.print(f"note: {est.n_missing_} missing values: fitted on the observed values (sva's missing-value "
+                      "path); they stay missing in the output")
     result = pd.DataFrame(values, index=df.index, columns=df.columns)
     _write(result, out, [inp, samples])
     if report is not None:

@@ -114,7 +114,7 @@ class FilterByExpr(_GeneFilter):
         if min_n > self.large_n:
             min_n = self.large_n + (min_n - self.large_n) * self.min_prop
         cutoff = self.min_count / np.median(lib) * 1e6
-        cpm = X * 1e6 / lib[:, None]
+        cpm = X * (1e6 / lib[:, None])  # edgeR's C code: count * (1e6 / lib.size); ties at the cutoff depend on it
         tol = 1e-14
         keep = ((cpm >= cutoff).sum(axis=0) >= min_n - tol) & (X.sum(axis=0) >= self.min_total_count - tol)
         self.cpm_cutoff_ = float(cutoff)

@@ -19,8 +19,10 @@ What impute.knn does, step by step (and what this port reproduces):
    nearest genes are taken (ties: lower index first) and the first dropped (normally the gene itself).
    A missing entry is the mean of those ``k`` neighbours *that are observed in that sample* (not the
    ``k`` nearest among the observed ones, as scikit-learn's ``KNNImputer`` does); when none is, the
-   per-sample mean of step 2. Quirk kept for parity: a cluster of at most ``k`` genes is "mean
-   imputed" on the zero-filled matrix, i.e. its missing entries become 0.
+   per-sample mean of step 2. Quirks kept for parity: a cluster of at most ``k`` genes is "mean
+   imputed" on the zero-filled matrix, i.e. its missing entries become 0; and the per-sample means are
+   computed after ``x[imiss] <- 0`` with an *integer* 0/1 matrix ``imiss``, which R reads as positions,
+   so the first sample's mean counts the first kept gene as 0 (found by the real-R parity test).
 
 Fit on train, apply everywhere: ``fit`` freezes, for every kept gene, its ``k`` neighbours (step 4, in
 its cluster, on the training samples) and which genes were set aside (step 2). ``transform`` fills a
@@ -232,7 +234,7 @@ class KNNImputer(TransformerMixin, BaseEstimator):
     def fit_transform(self, X: Any, y: Any = None, **_: Any) -> np.ndarray:
         """``impute.knn`` on the training matrix (including its quirks, see the module docstring)."""
         Xa = self._fit(X)
-        out = self._fill(Xa)
+        out = self._fill(Xa, r_mean_quirk=True)
         small = np.zeros(Xa.shape[1], dtype=bool)
         for c in self.clusters_:
             if len(c) <= self.k and len(self.clusters_) > 1:
@@ -299,7 +301,7 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         self._check_samples(np.isnan(X))
         return self._fill(X)
 
-    def _fill(self, X: np.ndarray) -> np.ndarray:
+    def _fill(self, X: np.ndarray, r_mean_quirk: bool = False) -> np.ndarray:
         miss = np.isnan(X)
         out = X.copy()
         if not miss.any():
@@ -311,6 +313,12 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         cnt = (obs & kept).sum(axis=1)
         if (cnt == 0).any():
             raise InputError("a sample has no observed value among the imputable genes; remove it")
+        if r_mean_quirk:
+            # impute 1.72's knnimp passes its integer missingness matrix to mean.miss, whose
+            # `x[imiss] <- 0` then indexes by position: element [1, 1] (first kept gene, first sample)
+            # becomes 0 while still counted as observed, so sample 1's fallback mean uses 0 for it
+            X0 = X0.copy()
+            X0[0, np.flatnonzero(kept)[0]] = 0.0
         xbar = (X0 * kept).sum(axis=1) / cnt
         s, g = np.nonzero(miss)
         nb = self.neighbors_[g]  # (m, k)

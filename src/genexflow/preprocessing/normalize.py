@@ -117,8 +117,9 @@ def tmm_factors_vs_reference(
 def calc_norm_factors(
     X: Any, lib_size: np.ndarray | None = None, logratio_trim: float = 0.3, sum_trim: float = 0.05,
     do_weighting: bool = True, a_cutoff: float = -1e10, ref_column: int | None = None,
+    method: Literal["TMM", "upperquartile", "RLE", "none"] = "TMM", p: float = 0.75,
 ) -> np.ndarray:
-    """``edgeR::calcNormFactors(t(X), method="TMM")``.
+    """``edgeR::calcNormFactors(t(X), method=method)`` (edgeR 3.40).
 
     Parameters
     ----------
@@ -126,6 +127,12 @@ def calc_norm_factors(
         Raw counts, samples as rows.
     lib_size : ndarray of shape (n_samples,), optional
         Defaults to the row sums.
+    method : {"TMM", "upperquartile", "RLE", "none"}
+        TMM (trimmed mean of M-values against a reference library), upper quartile (the ``p`` quantile
+        of each library over the genes not zero everywhere, over its library size), RLE (median ratio to
+        the genes' geometric means, DESeq style, over the library size), or all ones.
+    p : float, default=0.75
+        Quantile of ``method="upperquartile"``.
 
     Returns
     -------
@@ -140,9 +147,20 @@ def calc_norm_factors(
     """
     X, _ = as_matrix(X, "count matrix")
     check_counts(X)
+    if method not in ("TMM", "upperquartile", "RLE", "none"):
+        raise InputError(f"method must be TMM, upperquartile, RLE or none, got {method!r}")
     lib_size = X.sum(axis=1) if lib_size is None else np.asarray(lib_size, np.float64)
-    if X.shape[0] == 1 or not (X > 0).any():
+    if X.shape[0] == 1 or not (X > 0).any() or method == "none":
         return np.ones(X.shape[0])
+    if method == "upperquartile":
+        f = upper_quartile_fractions(X, lib_size, p)
+        return f / np.exp(np.mean(np.log(f)))
+    if method == "RLE":
+        Xk = X[:, (X > 0).any(axis=0)]
+        with np.errstate(divide="ignore"):
+            gm = np.exp(np.log(Xk).mean(axis=0))  # 0 for a gene with a zero anywhere: left out below
+        f = np.median(Xk[:, gm > 0] / gm[gm > 0], axis=1) / lib_size
+        return f / np.exp(np.mean(np.log(f)))
     ref = tmm_reference_column(X, lib_size) if ref_column is None else int(ref_column)
     f = tmm_factors_vs_reference(X, lib_size, X[ref], lib_size[ref], logratio_trim, sum_trim,
                                  do_weighting, a_cutoff)
@@ -170,7 +188,7 @@ def cpm(X: Any, lib_size: np.ndarray | None = None, log: bool = False, prior_cou
 
 def _cpm_values(X, L, log, prior_count, mean_lib_size=None) -> np.ndarray:
     if not log:
-        return X * 1e6 / L[:, None]
+        return X * (1e6 / L[:, None])  # as edgeR's calculate_cpm_raw (same rounding)
     ave = L.mean() if mean_lib_size is None else float(mean_lib_size)
     prior = prior_count * L / ave
     return (np.log(X + prior[:, None]) - np.log(L + 2 * prior)[:, None] + np.log(1e6)) / np.log(2)
