@@ -39,12 +39,11 @@ ETA2_LEVELS = (0.01, 0.06, 0.14)
 ALPHA = 0.05
 
 ALTERNATIVES = {
-    "none": "skip correction (--batch-method none): keeps all label signal; the model sees the batch "
-            "shift as noise",
-    "covariate": "no correction, batch indicators as model covariates (--batch-method none "
-                 "--covariates BATCH_COLUMN): the model can separate batch from label itself",
-    "combat-ref": "ComBat with a reference batch (--batch-method combat --set "
-                  "preprocessing.reference_batch=B): the reference batch is left unchanged",
+    "none": "no correction (--batch-method none; the least label signal lost in docs/preprocessing.md)",
+    "covariate": "no correction with the batch as a model covariate (--batch-method none --covariates "
+                 "BATCH_COLUMN)",
+    "combat-ref": "ComBat with a reference batch (--set preprocessing.reference_batch=B; measured no better "
+                  "than plain ComBat)",
 }
 #: The alternatives from least to most label signal lost, as measured in benchmarks/bench_confounding.py.
 MEASURED_ORDER = ("none", "covariate", "combat-ref")
@@ -100,12 +99,15 @@ class ConfoundingResult:
     def message(self) -> str:
         """One line for the run summary; starts with ``WARNING`` when the run should not correct blindly."""
         what = (f"batch-label association: {self.test} p={self.p_value:.2g}, "
-                f"{self.effect_name.replace('_', ' ')}={self.effect_size:.2f} ({self.level})")
+                f"{_SHOWN[self.effect_name]}={self.effect_size:.2f} ({self.level})")
         if not self.confounded:
             return what
-        return (f"WARNING {what}: the label is confounded with the batch, so a correction that does not "
-                f"know the label removes label signal (Nygaard et al. 2016). Consider: "
+        return (f"WARNING {what}: the label is confounded with the batch; a correction that does not know "
+                "the label removes label signal with it (Nygaard et al. 2016). Alternatives: "
                 + "; ".join(self.alternatives))
+
+
+_SHOWN = {"cramers_v": "Cramér's V", "eta_squared": "eta squared"}
 
 
 def _level(value: float, cuts: tuple[float, float, float]) -> str:
