@@ -22,7 +22,7 @@ from typing import Any
 
 from genexflow.errors import InputError
 
-REASON_KINDS = ("gene", "feature", "batch", "covariate", "novelty", "performance")
+REASON_KINDS = ("schema", "gene", "feature", "batch", "covariate", "novelty", "performance")
 
 
 @dataclass
@@ -57,8 +57,12 @@ class DriftPolicy:
         Labelled samples needed before performance is judged.
     min_samples : int
         Fewer new samples than this: no statistical decision (reported as insufficient).
+    max_missing_gene_fraction : float
+        Schema drift: more than this fraction of the reference (model) genes absent from the new cohort. Judged
+        however few samples there are (it is not a statistical test).
     triggers : tuple of str
-        Reasons that count as drift (default all of gene, feature, batch, covariate, novelty, performance).
+        Reasons that count as drift (default all of schema, gene, feature, batch, covariate, novelty,
+        performance).
     cooldown_hours : float
         Minimum time between two retraining runs triggered for the same model.
     """
@@ -76,6 +80,7 @@ class DriftPolicy:
     max_performance_decay: float = 0.05
     min_labelled: int = 20
     min_samples: int = 10
+    max_missing_gene_fraction: float = 0.1
     triggers: tuple[str, ...] = REASON_KINDS
     cooldown_hours: float = 24.0
 
@@ -91,6 +96,8 @@ class DriftPolicy:
             raise InputError(f"policy novelty_quantile must be in (0.5, 1), got {self.novelty_quantile}")
         if self.cooldown_hours < 0:
             raise InputError("policy cooldown_hours must be >= 0")
+        if not 0 <= self.max_missing_gene_fraction < 1:
+            raise InputError(f"policy max_missing_gene_fraction must be in [0, 1), got {self.max_missing_gene_fraction}")
 
     # ------------------------------------------------------------------ IO
     def to_dict(self) -> dict[str, Any]:
@@ -138,10 +145,26 @@ class DriftPolicy:
         evidence = {k: r.summary() for k, r in reps.items()}
         reasons: list[Reason] = []
         notes: list[str] = []
+        g = reps.get("gene")
+        if g is not None and g.n_missing_genes:
+            n_ref = g.n_tested + g.n_missing_genes
+            share = g.n_missing_genes / n_ref
+            absent = g.table.index[~g.table["present"].astype(bool)]
+            if share > self.max_missing_gene_fraction:
+                reasons.append(Reason("schema", f"schema drift: {g.n_missing_genes} of {n_ref} model genes "
+                                      f"({share:.0%} > {self.max_missing_gene_fraction:.0%}) are absent from the new "
+                                      f"cohort, e.g. {', '.join(map(str, absent[:5]))}; the model would score "
+                                      "imputed values: check the gene IDs / platform of the new data",
+                                      share, self.max_missing_gene_fraction))
+            else:
+                notes.append(f"{g.n_missing_genes} of {n_ref} model genes absent from the new cohort "
+                             f"({share:.0%} <= {self.max_missing_gene_fraction:.0%}), e.g. "
+                             f"{', '.join(map(str, absent[:5]))}")
         if n_samples is not None and n_samples < self.min_samples:
             notes.append(f"only {n_samples} new samples (< min_samples={self.min_samples}): no statistical decision")
-            return DriftDecision(False, [], evidence, notes=notes, n_samples=n_samples, policy=self.to_dict())
-        g = reps.get("gene")
+            acting = [r for r in reasons if r.kind in self.triggers]
+            return DriftDecision(bool(acting), reasons, evidence, notes=notes, n_samples=n_samples,
+                                 policy=self.to_dict())
         if g is not None and g.n_tested and g.drift_share > self.max_gene_drift_share:
             top = ", ".join(g.top_genes(5).index)
             reasons.append(Reason("gene", f"{g.n_drifted} of {g.n_tested} genes drifted "
