@@ -12,7 +12,9 @@ import typer
 from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console
 from genexflow.cli._summary import print_run_summary
+from genexflow.errors import InputError
 from genexflow.report import fetch_run_report
+from genexflow.training.baselines import ALL_CLASSIFICATION, ALL_REGRESSION, baseline_names
 
 pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, submit, schedule (cron), run locally.",
                            no_args_is_help=True)
@@ -171,6 +173,7 @@ def run(
     missing = [opt for opt, v in (("--expression", expression), ("--samples", samples), ("--label", label)) if not v]
     if missing:
         raise InputError(f"missing {', '.join(missing)} (or use --demo for a shipped cohort)")
+    _check_baselines(_split_list(baselines), str(train_config.get("task", "auto")))
     if epochs is not None:
         train_config["epochs"] = epochs
     preprocessing = train_config.pop("preprocessing", {}) if isinstance(train_config.get("preprocessing"), dict) else {}
@@ -200,6 +203,20 @@ def run(
         typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
         return
     _print_training_summary(result)
+
+
+def _check_baselines(names: list[str], task: str) -> None:
+    """Refuse unknown baseline names now, not after ingest and preprocessing have run."""
+    if not names or names in (["all"], ["none"]):
+        return
+    if task in ("classification", "regression"):
+        baseline_names(task, names)  # raises, listing the task's baselines
+        return
+    known = dict.fromkeys([*ALL_CLASSIFICATION, *ALL_REGRESSION])
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise InputError(f"unknown baseline(s) {', '.join(bad)}; use {', '.join(ALL_CLASSIFICATION)} "
+                         f"(classification) or {', '.join(ALL_REGRESSION)} (regression), 'all' or 'none'")
 
 
 def _export_dataset(name: str, ws) -> tuple[Path, Path]:

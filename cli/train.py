@@ -100,6 +100,7 @@ def train(
 
 def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
            experiment, run_name, explain_samples, no_shap, quiet: bool) -> None:
+    from genexflow.cohort_checks import check_trainable
     from genexflow.training.baselines import baseline_names
     from genexflow.training.cv import DEEP, encode_labels
     from genexflow.training.run import Hooks, train_and_track
@@ -110,6 +111,7 @@ def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, n
     if not quiet:
         console.print(f"{c}", markup=False)
 
+    check_trainable(c, cfg.label, cfg.task, cfg.covariates or (), cfg.batch_column)
     # Count the work for the progress bars (the same splits cross_validate will draw).
     labels = encode_labels(c, cfg)
     n_folds = 0

@@ -22,6 +22,7 @@ import numpy as np
 
 from genexflow.bundle import PickledPreprocessing
 from genexflow.cohort import Cohort
+from genexflow.cohort_checks import check_trainable
 from genexflow.metrics import (
     bootstrap_ci,
     confusion,
@@ -103,6 +104,7 @@ def train_and_track(
     """
     from genexflow.training.trainer import current_dist
 
+    check_trainable(cohort, cfg.label, cfg.task, cfg.covariates or (), cfg.batch_column)
     # Under torchrun every rank runs this function (the trainer needs them all); only rank 0 tracks,
     # explains and writes the bundle.
     main = current_dist().is_main
