@@ -13,6 +13,7 @@ import sys
 import typer
 
 from genexflow.errors import GenexflowError
+from genexflow.stack import signals
 
 app = typer.Typer(
     name="genexflow",
@@ -60,6 +61,12 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with ``error: <message>`` on a GenexflowError."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("GENEXFLOW_DEBUG") == "1"
+    # SIGTERM/SIGHUP raise like Ctrl-C: every `finally` and context manager that stops a server this
+    # command started runs (the default action would kill the process and orphan its servers)
+    signals.install()
+    # every Python child (pipeline steps run as `python -m`) keeps the current folder off sys.path, so a
+    # folder there named like an installed package (triton/, torch/...) cannot shadow it
+    os.environ["PYTHONSAFEPATH"] = "1"
     try:
         rc = app(args=argv, standalone_mode=False)
         # standalone_mode=False makes click *return* the code of typer.Exit(n) instead of exiting
@@ -75,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.secho(f"error: file not found: {exc.filename or exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except signals.Terminated as exc:
+        typer.secho(f"{exc}: stopped the servers this command had started", err=True)
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

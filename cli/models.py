@@ -14,14 +14,17 @@ from genexflow.cli._common import console, step
 models_app = typer.Typer(help="Model registry: register, gate, infra-validate, promote, roll back, deploy.",
                          no_args_is_help=True)
 
-_URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/.genexflow/mlflow.db)"
-                    ", e.g. http://127.0.0.1:5000.")
+_URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: "
+                    "$MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db; workspace = $GENEXFLOW_WORKSPACE "
+                    "or ./.genexflow).")
 _NAME = typer.Option("genexflow-classifier", "--name", "-n", help="Registered model name.")
 
 
 def _registry(uri: str | None):
-    from genexflow.serving.registry import Registry
+    from genexflow.serving.registry import Registry, check_reachable, default_tracking_uri
 
+    uri = uri or default_tracking_uri()
+    check_reachable(uri)
     return Registry(uri)
 
 

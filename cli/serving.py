@@ -28,29 +28,41 @@ def export(
 def serve(
     model: str = typer.Option("champion", "--model", help="Registry alias or version to serve."),
     name: str = typer.Option("genexflow-classifier", "--name", "-n", help="Registered model name."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [default: "
+                                            "$MLFLOW_TRACKING_URI or the workspace's store]."),
     artifact: Path | None = typer.Option(None, help="Serve this exported artifact instead of a registry version."),
-    repository: Path = typer.Option(Path(".genexflow/triton"), "--repository", help="Triton model repository."),
+    repository: Path | None = typer.Option(None, "--repository", help="Triton model repository [default: "
+                                           "<workspace>/triton/models; workspace = $GENEXFLOW_WORKSPACE or "
+                                           "./.genexflow]."),
     model_name: str = _MODEL,
     http_port: int | None = typer.Option(None, help="HTTP port (gRPC = +1, metrics = +2); default: free ports."),
-    no_block: bool = typer.Option(False, "--no-block", help="Start, load, print the URL and return "
-                                  "(the server keeps running; stop it with SIGTERM to the printed pid)."),
+    no_block: bool = typer.Option(False, "--no-block", help="Start, load, print the URL and return (the server "
+                                  "keeps running, listed by `genexflow stack status`, stopped by `genexflow "
+                                  "stack down`)."),
 ) -> None:
-    """Start the local tritonserver (explicit model control), deploy + load the model, serve until Ctrl-C."""
-    import signal
+    """Start the local tritonserver (explicit model control), deploy + load the model, serve until Ctrl-C.
+
+    Whatever goes wrong before the model serves (deploy, load, Ctrl-C, SIGTERM), the server is stopped:
+    only a serving server is left running, and only with --no-block.
+    """
     import time
 
+    from genexflow.paths import workspace_dir
+    from genexflow.serving import local_stack
     from genexflow.serving.registry import Registry
     from genexflow.serving.repository import deploy
     from genexflow.serving.triton_server import TritonServer
 
+    repository = repository or workspace_dir() / "triton" / "models"
     repository.mkdir(parents=True, exist_ok=True)
+    service = f"serve-{model_name}"
     # models=[]: start empty, then deploy + load exactly the model asked for (explicit control mode)
     ports = (http_port, http_port + 1, http_port + 2) if http_port else (None, None, None)
-    server = TritonServer(repository, *ports, models=[], run_dir=repository.parent / "triton-run")
-    with step("start tritonserver"):
-        server.start()
+    server = TritonServer(repository, *ports, models=[], run_dir=local_stack.default_state_dir() / service)
+    detached = False
     try:
+        with step("start tritonserver"):
+            server.start()
         with step(f"deploy + load {model_name}"):
             if artifact is not None:
                 res = deploy(artifact, repository, model_name, server.url)
@@ -59,18 +71,22 @@ def serve(
         console.print(f"serving {model_name} (Triton version {res.triton_version}) at {server.url} "
                       f"and grpc://{server.grpc_url}", markup=False)
         if no_block:
-            pid = getattr(server, "pid", None)
-            console.print(f"server pid {pid}; stop with: kill -TERM {pid}", markup=False)
-            server.detach()
+            state = local_stack.record_service(service, {
+                "pid": server.pid, "pid_file": str(server.pid_file), "url": server.url,
+                "probe": f"/v2/models/{model_name}/ready", "grpc_url": server.grpc_url,
+                "model_repository": str(repository), "log": str(server.log_file)})
+            pid = server.detach()
+            detached = True
+            console.print(f"server pid {pid} (recorded in {state}); stop with: genexflow stack down "
+                          f"(or kill -TERM {pid})", markup=False)
             return
-        stop = {"flag": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-        while not stop["flag"]:
+        while True:  # until Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the CLI)
             time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        if no_block:
+            raise
     finally:
-        if not no_block:
+        if not detached:
             server.stop()
 
 

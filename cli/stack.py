@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 
 from genexflow.cli._common import console, step
+from genexflow.stack.mlflow_server import redact
 
 
 def register(app: typer.Typer) -> None:
@@ -15,15 +17,17 @@ def register(app: typer.Typer) -> None:
                         no_args_is_help=True)
     app.add_typer(stack, name="stack")
 
-    state_opt = typer.Option(None, "--state-dir", help="State/pid/log folder (default .genexflow/stack).")
+    state_opt = typer.Option(None, "--state-dir", help="State/pid/log folder (default <workspace>/stack; workspace "
+                             "= $GENEXFLOW_WORKSPACE or ./.genexflow).")
 
     @stack.command("up")
     def up_cmd(
         state_dir: Path = state_opt,
         backend_store_uri: str = typer.Option(
-            None, "--backend-store-uri",
-            help="MLflow backend store, e.g. postgresql://user:pw@127.0.0.1:5432/mlflow "
-                 "(default sqlite:///<state-dir>/mlflow/mlflow.db)."),
+            None, "--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI",
+            help="MLflow backend store, e.g. postgresql://user@127.0.0.1:5432/mlflow (default "
+                 "sqlite:///<state-dir>/mlflow/mlflow.db). Put a password in $MLFLOW_BACKEND_STORE_URI or "
+                 "$PGPASSWORD, not on the command line (ps shows it to every user)."),
         artifacts_destination: str = typer.Option(
             None, "--artifacts-destination", help="Where the server stores artifacts (default <state-dir>/mlflow/artifacts)."),
         mlflow_port: int = typer.Option(5000, help="MLflow port (0 = pick a free port)."),
@@ -40,6 +44,10 @@ def register(app: typer.Typer) -> None:
         """Start the services detached, wait for their health checks and record them."""
         from genexflow.serving import local_stack as local
 
+        if backend_store_uri and redact(backend_store_uri) != backend_store_uri and \
+                backend_store_uri in " ".join(sys.argv):
+            console.print("[yellow]warning:[/] the --backend-store-uri password is visible in `ps`; pass the URI "
+                          "in $MLFLOW_BACKEND_STORE_URI (or the password in $PGPASSWORD) instead")
         with step("start the local stack"):
             state = local.up(state_dir, backend_store_uri=backend_store_uri,
                              artifacts_destination=artifacts_destination, mlflow_port=mlflow_port,

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -208,6 +209,10 @@ def init_local(root: str | Path, *, enable_caching: bool = True) -> Path:
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    # Steps run as `python -m ...` subprocesses, which put the current folder first on sys.path: a folder
+    # there named like an installed package (e.g. triton/, which torch probes for) would shadow it. Safe
+    # path mode (Python 3.11+) leaves the current folder off sys.path in every step.
+    os.environ["PYTHONSAFEPATH"] = "1"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True, enable_caching=enable_caching, cache_root=str(root / ".kfp_cache"))
     return root

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from genexflow.errors import InputError
+from genexflow.paths import workspace_dir
 from genexflow.pipelines.local import LocalRun, TaskEvent, run_local
 
 DEFAULT_WORKSPACE = ".genexflow"
@@ -41,10 +42,10 @@ class Workspace:
 
     @classmethod
     def default(cls) -> Workspace:
-        """``$GENEXFLOW_WORKSPACE``, else ``$GENEXFLOW_HOME``, else ``./.genexflow`` (where training and the
-        local Triton launcher keep their state too)."""
-        return cls(Path(os.environ.get("GENEXFLOW_WORKSPACE") or os.environ.get("GENEXFLOW_HOME")
-                        or DEFAULT_WORKSPACE))
+        """``$GENEXFLOW_WORKSPACE``, else ``$GENEXFLOW_HOME``, else ``./.genexflow`` (where training, the
+        registry commands, drift checks and the local Triton launcher keep their state too:
+        :func:`genexflow.paths.workspace_dir`)."""
+        return cls(workspace_dir())
 
     @property
     def tracking_uri(self) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from genexflow import paths
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, load_artifact, sha256_file
 from genexflow.metrics import evaluate_labels, higher_is_better
@@ -39,15 +40,31 @@ _TAG_MAX = 4900  # MLflow model-version tag values are limited to 5000 character
 
 
 def default_tracking_uri() -> str:
-    """The project's embedded store, as training uses it: ``sqlite:///<cwd>/.genexflow/mlflow.db``."""
-    try:
-        from genexflow.training.tracking import default_tracking_uri as training_default
+    """``$MLFLOW_TRACKING_URI``, else the workspace's embedded store, as training uses it
+    (:func:`genexflow.paths.default_tracking_uri`: ``sqlite:///<$GENEXFLOW_WORKSPACE or ./.genexflow>/mlflow.db``)."""
+    return paths.default_tracking_uri()
 
-        return training_default()
-    except ImportError:
-        path = Path.cwd() / ".genexflow" / "mlflow.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+
+def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
+    """Fail fast, naming the fix, when an ``http(s)://`` tracking server does not answer (MLflow itself
+    retries for minutes before it gives up)."""
+    import urllib.error
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # nosec B310 - http(s) checked above
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(
+            f"MLflow tracking server {tracking_uri} is not reachable ({reason}); start it (`genexflow stack up`) "
+            "or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a running server; without either, "
+            "the workspace's own store is used") from None
 
 
 def _artifact_location(tracking_uri: str) -> str | None:

@@ -2,7 +2,7 @@
 
 The ``tritonserver`` binary comes from the ``nvidia-pytriton`` wheel (Triton 2.51, python backend
 only). That wheel pins ``numpy<2``, so it lives in its own virtual environment
-(:func:`ensure_triton_env`, default ``.genexflow/triton-venv``, overridable with
+(:func:`ensure_triton_env`, default ``~/.cache/genexflow/triton-venv``, overridable with
 ``$GENEXFLOW_TRITON_VENV``), pinned by ``serving/triton-constraints.txt``. python-backend models
 (``model.py``) run inside that environment and import ``onnxruntime``/``numpy`` from it.
 
@@ -43,12 +43,12 @@ import venv
 from collections.abc import Sequence
 from pathlib import Path
 
+from genexflow.paths import cache_dir
 from genexflow.stack._process import (
     LOCALHOST,
     ProcessRecord,
     StackError,
     free_port,
-    genexflow_home,
     http_ok,
     stop_pid_file,
     wait_until,
@@ -62,9 +62,10 @@ _PY_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def default_venv() -> Path:
-    """``$GENEXFLOW_TRITON_VENV`` or ``<genexflow home>/triton-venv``."""
+    """``$GENEXFLOW_TRITON_VENV``, else ``<per-user cache>/triton-venv`` (:func:`genexflow.paths.cache_dir`,
+    e.g. ``~/.cache/genexflow/triton-venv``): one ~450 MB environment per user, not one per folder."""
     env = os.environ.get("GENEXFLOW_TRITON_VENV")
-    return Path(env).absolute() if env else genexflow_home() / "triton-venv"
+    return Path(env).absolute() if env else cache_dir() / "triton-venv"
 
 
 def _site_packages(venv_dir: Path) -> Path:
@@ -297,9 +298,10 @@ class TritonServer:
             try:
                 self._launch()
                 return self
-            except StackError as exc:
+            except BaseException as exc:  # a signal or Ctrl-C during start-up must not leave it running
                 self.stop()
-                if attempt == attempts - 1 or "address already in use" not in str(exc).lower():
+                if (not isinstance(exc, StackError) or attempt == attempts - 1
+                        or "address already in use" not in str(exc).lower()):
                     raise
                 for name in chosen:
                     setattr(self, name, None)
@@ -396,7 +398,7 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genexflow.serving.triton_server",
                                      description="Create the Triton server env or run a local server.")
     parser.add_argument("--ensure-env", action="store_true", help="create the server venv and print its path")
-    parser.add_argument("--venv", type=Path, default=None, help="server venv (default .genexflow/triton-venv)")
+    parser.add_argument("--venv", type=Path, default=None, help="server venv (default ~/.cache/genexflow/triton-venv)")
     parser.add_argument("--model-repository", type=Path, help="serve this repository until Ctrl-C")
     parser.add_argument("--http-port", type=int, default=None)
     parser.add_argument("--grpc-port", type=int, default=None)

@@ -86,11 +86,25 @@ def test_postgres_helper_urls_and_redaction():
     assert sqlalchemy_uri("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_the_database_password_is_on_no_command_line(pg_mlflow):
+    """``ps`` shows every user the command lines: the password of the backend store must be on none of the
+    server's processes (it reaches the server through its private environment)."""
+    import psutil
+
+    pg, srv = pg_mlflow
+    server = psutil.Process(srv.pid)
+    procs = [server, *server.children(recursive=True)]
+    assert len(procs) >= 2  # the server and its workers
+    for proc in procs:
+        assert pg.password not in " ".join(proc.cmdline()), proc.cmdline()
+    assert pg.password in server.environ()["MLFLOW_BACKEND_STORE_URI"]
+
+
 def test_eight_concurrent_writers_lose_nothing(pg_mlflow, tmp_path):
     from mlflow.tracking import MlflowClient
 
     pg, srv = pg_mlflow
-    assert "postgresql+psycopg2://" in " ".join(srv.command())
+    assert srv.environment()["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert srv.url.startswith("http://127.0.0.1:")
     client = MlflowClient(srv.url)
     exp_id = client.create_experiment(f"concurrency-{time.time_ns()}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genexflow.errors import GenexflowError
+from genexflow.paths import workspace_dir
 
 LOCALHOST = "127.0.0.1"
 
@@ -28,8 +29,9 @@ class StackError(GenexflowError, RuntimeError):
 
 
 def genexflow_home() -> Path:
-    """The per-checkout state folder: ``$GENEXFLOW_HOME`` or ``./.genexflow`` (git-ignored)."""
-    return Path(os.environ.get("GENEXFLOW_HOME", ".genexflow")).absolute()
+    """The workspace (:func:`genexflow.paths.workspace_dir`: ``$GENEXFLOW_WORKSPACE``, ``$GENEXFLOW_HOME`` or
+    ``./.genexflow``)."""
+    return workspace_dir()
 
 
 def free_port(host: str = LOCALHOST, exclude: set[int] | None = None) -> int:

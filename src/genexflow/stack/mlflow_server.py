@@ -111,9 +111,11 @@ class MlflowServer:
         return f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     def command(self) -> list[str]:
-        backend = self.backend
+        """The ``mlflow server`` argv. The backend store URI is not on it: it may hold a database password,
+        and a command line is readable by every user (``ps``); it goes in the environment
+        (``MLFLOW_BACKEND_STORE_URI``, :meth:`environment`) instead."""
         artifacts = self.artifacts_destination or str(self.state_dir / "artifacts")
-        return [*_mlflow_executable(), "server", "--backend-store-uri", backend,
+        return [*_mlflow_executable(), "server",
                 "--artifacts-destination", artifacts, "--serve-artifacts",
                 "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
 
@@ -126,22 +128,29 @@ class MlflowServer:
             self.port = free_port(self.host)
         elif port_in_use(self.port, self.host):
             raise StackError(f"port {self.port} on {self.host} is already in use; pass another --mlflow-port")
-        env = dict(os.environ)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        # The server must not run submitted jobs (a local dev server executes nothing it is sent).
-        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         with open(self.log_file, "ab") as out:
             self._proc = subprocess.Popen(  # nosec B603 - argv list, no shell
-                self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.environment(),
                 cwd=self.state_dir, start_new_session=True)
         ProcessRecord.of(self._proc.pid).write(self.pid_file)
         try:
             wait_until(self.healthy, self.startup_timeout, alive=lambda: self._proc.poll() is None,
                        what=f"mlflow server ({redact(self.backend)})", log=self.log_file, interval=0.3)
-        except StackError:
+        except BaseException:  # a signal or Ctrl-C during start-up must not leave it running
             self.stop()
             raise
         return self
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: ours, plus the backend store URI (password included) where only the
+        server's user can read it (``/proc/<pid>/environ`` is private, unlike the command line)."""
+        env = dict(os.environ)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend
+        # The server must not run submitted jobs (a local dev server executes nothing it is sent).
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        return env
 
     def healthy(self) -> bool:
         """True when ``GET /health`` answers 200."""

@@ -29,6 +29,7 @@ from genexflow.metrics import (
     fast_classification_metrics,
     regression_metrics,
 )
+from genexflow.paths import workspace_dir
 from genexflow.report import write_run_report
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
@@ -209,9 +210,7 @@ def train_and_track(
 
 
 def _default_bundle_dir(run_id: str | None) -> Path:
-    from genexflow.training.tracking import project_dir
-
-    return project_dir() / ".genexflow" / "bundles" / (run_id or "latest")
+    return workspace_dir() / "bundles" / (run_id or "latest")
 
 
 # --------------------------------------------------------------------------------------------- CV logging

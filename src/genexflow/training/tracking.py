@@ -12,7 +12,6 @@ methods (or the no-op :class:`NullTracker`), so DDP worker ranks and tests can t
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genexflow import paths
 from genexflow.cohort import Cohort
 
 DEFAULT_EXPERIMENT = "genexflow"
@@ -32,16 +32,16 @@ _PARAM_MAX = 6000  # MLflow param values are limited (8000 chars in recent store
 
 
 def project_dir() -> Path:
-    """The project folder the embedded store lives in: ``GENEXFLOW_HOME`` or the current directory."""
-    return Path(os.environ.get("GENEXFLOW_HOME", os.getcwd())).resolve()
+    """The folder that holds the workspace (:func:`genexflow.paths.workspace_dir`)."""
+    return paths.workspace_dir().parent
 
 
 def default_tracking_uri(project: str | Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<project>/.genexflow/mlflow.db``."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and project is None:
-        return env
-    folder = (Path(project) if project else project_dir()) / ".genexflow"
+    """``MLFLOW_TRACKING_URI`` when set, else the workspace's store (:func:`genexflow.paths.default_tracking_uri`);
+    with ``project``: ``sqlite:///<project>/.genexflow/mlflow.db``."""
+    if project is None:
+        return paths.default_tracking_uri()
+    folder = Path(project) / ".genexflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
