@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from genexflow.cli._common import console, progress, step
+from genexflow.stack import signals
 
 _MODEL = typer.Option("genexflow_classifier", "--model-name", help="Triton model name.")
 
@@ -80,9 +81,9 @@ def serve(
             console.print(f"server pid {pid} (recorded in {state}); stop with: genexflow stack down "
                           f"(or kill -TERM {pid})", markup=False)
             return
-        while True:  # until Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the CLI)
+        while True:  # until Ctrl-C or SIGTERM (raised as signals.Terminated by the CLI)
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, signals.Terminated):
         if no_block:
             raise
     finally:

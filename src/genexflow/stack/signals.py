@@ -12,9 +12,10 @@ from collections.abc import Iterator
 SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when the process receives SIGTERM or SIGHUP; a KeyboardInterrupt, so code
-    that already cleans up on Ctrl-C cleans up here too."""
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM or SIGHUP. A BaseException (like
+    KeyboardInterrupt, but not one: the CLI framework turns that into a silent exit 130), so ``except
+    Exception`` does not swallow it while ``finally`` and ``except BaseException`` clean-ups run."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by {signal.Signals(signum).name}")
