@@ -13,7 +13,7 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks (slow; prints tables with peers side by side)"
 	@echo "make sysdeps    - (root) apt-get install the Debian packages the tests need (PostgreSQL, R + Bioconductor), if missing"
-	@echo "make triton-env - create the local Triton server venv (.genexflow/triton-venv)"
+	@echo "make triton-env - create the local Triton server venv (~/.cache/genexflow/triton-venv, or $$GENEXFLOW_TRITON_VENV)"
 	@echo "make tools-env  - create .venv-tools (checkov, pip-audit; kept apart from the pinned set)"
 	@echo "make audit      - pip-audit the pinned dependency set (needs network access to the advisory DB)"
 	@echo "make k8s-render - render every kustomization in infra/k8s to build/k8s/"
