@@ -78,7 +78,7 @@ def panel_model(name: str, y: np.ndarray, seed: int) -> BaseEstimator:
         head = LogisticRegressionCV(Cs=cs, l1_ratios=(0.0,), cv=inner, scoring="neg_log_loss", max_iter=5000,
                                     use_legacy_attributes=False)
     elif name == "sk_enet":
-        head = LogisticRegressionCV(Cs=np.logspace(-2, 1, 7), l1_ratios=(0.5,), solver="saga", cv=inner,
+        head = LogisticRegressionCV(Cs=np.logspace(-2, 1, 5), l1_ratios=(0.5,), solver="saga", cv=inner,
                                     scoring="neg_log_loss", max_iter=3000, tol=1e-3, random_state=seed,
                                     use_legacy_attributes=False)
     elif name == "sk_svm":
@@ -86,7 +86,7 @@ def panel_model(name: str, y: np.ndarray, seed: int) -> BaseEstimator:
                             scoring="balanced_accuracy")
     elif name == "sk_hgb":
         return make_pipeline(TopVariance(2000), HistGradientBoostingClassifier(
-            max_iter=200, learning_rate=0.1, early_stopping=False, min_samples_leaf=int(np.clip(len(y) // 10, 3, 20)),
+            max_iter=100, learning_rate=0.1, early_stopping=False, min_samples_leaf=int(np.clip(len(y) // 10, 3, 20)),
             random_state=seed))
     else:
         raise ValueError(name)
@@ -261,6 +261,15 @@ def main() -> int:
             cohort, label, batch, source = load(name, args.sim_samples)
             base_cfg = TrainConfig(label=label, batch_column=batch, num_threads=1)
             cfg = base_cfg.with_(**overrides) if overrides else base_cfg
+            if batch and "batch_method" not in cfg.preprocessing:
+                # what `genexflow run` / `train` do with --batch-method auto: decided once on the labeled
+                # cohort; a confounded batch is not corrected
+                from genexflow.preprocessing.confounding import batch_label_association, choose_batch_method
+
+                conf = batch_label_association(cohort.samples[batch], cohort.samples[label])
+                if choose_batch_method(conf) == "none":
+                    cfg = cfg.with_(combat=False)
+                print(f"{name}: {conf.message()}", flush=True)
             lab = encode_labels(cohort, cfg)
             cohort = cohort.subset(lab.labeled)
             y = lab.y[lab.labeled]
@@ -269,7 +278,8 @@ def main() -> int:
                 splits = case_splits(kind, y, cohort.samples[batch].astype(str).to_numpy() if batch else None,
                                      args.folds, args.repeats)
                 case = f"{name} {kind}"
-                desc = ("leave-one-batch-out, ComBat per fold (the default with a batch column)" if kind == "lobo"
+                desc = (f"leave-one-batch-out, batch correction: {'ComBat per fold' if cfg.combat else 'none'}"
+                        if kind == "lobo"
                         else f"stratified {args.folds}-fold x {args.repeats} repeats (deep model: first "
                              f"{min(args.deep_repeats, args.repeats)} repeats)")
 

@@ -95,6 +95,12 @@ class TrainConfig:
         learning the residual (see :mod:`genexflow.training.wide`), or from zeros (``"none"``).
     wide_trainable : bool
         Keep training the GLM-initialized wide path with the network (default: frozen).
+    batch_sizes : list of int
+        Batch-size sweep before training (empty: off): every size is cross-validated with the learning
+        rate scaled from (``batch_size``, ``lr``) by ``lr_scaling``, and the largest size within 0.01 of
+        the best score is used (see :func:`genexflow.training.hpo.batch_size_sweep`).
+    lr_scaling : {"sqrt", "linear"}
+        Learning-rate scaling rule of the sweep.
     init_from : str, optional
         Folder of a pretrained encoder (``genexflow pretrain``): the autoencoder branch starts from it
         (genes matched by name; the model's ``ae_hidden`` / ``latent_dim`` follow the encoder) and the
@@ -129,6 +135,8 @@ class TrainConfig:
     gene_set_min_size: int = 5
     wide_init: str = "auto"
     wide_trainable: bool = False
+    batch_sizes: list[int] = field(default_factory=list)
+    lr_scaling: str = "sqrt"
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -153,6 +161,8 @@ class TrainConfig:
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.noise_std >= 0, "noise_std must be >= 0"),
             (0 <= self.gene_dropout < 1, "gene_dropout must be in [0, 1)"),
+            (self.lr_scaling in ("sqrt", "linear"), f"lr_scaling must be sqrt or linear, not {self.lr_scaling!r}"),
+            (all(int(b) >= 1 for b in self.batch_sizes), "batch_sizes must be positive"),
             (self.wide_init in ("auto", "l2", "elasticnet", "none"),
              f"wide_init must be auto, l2, elasticnet or none, not {self.wide_init!r}"),
         ]

@@ -329,3 +329,81 @@ def nested_cv(
     cv = CVResult(cfg.task, labels.class_names, folds, preds, hist, split,
                   pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
     return NestedCVResult(cv, best_params, inner_best, searched)
+
+
+#: Learning-rate scaling rules for a batch size b relative to the base batch size b0.
+LR_SCALING = {"linear": 1.0, "sqrt": 0.5}  # lr_b = lr_0 * (b / b0) ** exponent
+
+
+@dataclass
+class BatchSweepResult:
+    """Outcome of :func:`batch_size_sweep`: one row per batch size and the chosen configuration."""
+
+    table: pd.DataFrame
+    best_config: TrainConfig
+    metric: str
+
+    @property
+    def best_batch_size(self) -> int:
+        return int(self.best_config.batch_size)
+
+
+def scaled_lr(lr: float, batch_size: int, base_batch_size: int, rule: str = "sqrt") -> float:
+    """``lr * (batch_size / base_batch_size) ** e`` with e = 1 (linear, Goyal et al. 2017) or 1/2
+    (square root, Krizhevsky 2014; the rule for adaptive optimizers such as Adam, Malladi et al. 2022)."""
+    if rule not in LR_SCALING:
+        raise InputError(f"unknown lr scaling rule {rule!r}; use {', '.join(LR_SCALING)}")
+    return float(lr * (batch_size / base_batch_size) ** LR_SCALING[rule])
+
+
+def batch_size_sweep(
+    cohort: Cohort,
+    cfg: TrainConfig,
+    sizes: Sequence[int] = (8, 16, 32, 64, 128),
+    rule: str = "sqrt",
+    n_splits: int = 3,
+    metric: str | None = None,
+    tracker: Any = None,
+    tolerance: float = 0.01,
+) -> BatchSweepResult:
+    """Cross-validate the deep model at several batch sizes, each with its scaled learning rate.
+
+    ``cfg.batch_size`` / ``cfg.lr`` are the base pair; batch size b trains with
+    :func:`scaled_lr`. Each size is a nested MLflow run under ``tracker`` (params ``batch_size``, ``lr``,
+    ``lr_scaling``; metrics: the CV mean/SD of ``metric`` and seconds per epoch). The chosen size is the
+    largest (fastest per epoch) whose mean is within ``tolerance`` of the best mean. Splits use other
+    shuffles than the reported CV (as :func:`run_hpo`).
+    """
+    from genexflow.training.cv import DEEP, cross_validate, encode_labels
+    from genexflow.training.splits import make_splits
+
+    metric = metric or ("balanced_accuracy" if cfg.task == "classification" else "r2")
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    sizes = sorted({int(b) for b in sizes})
+    if not sizes or sizes[0] < 1:
+        raise InputError("batch sizes must be positive integers")
+    labels = encode_labels(cohort, cfg)
+    data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
+    splits = make_splits("stratified", labels.y[labels.labeled], n_splits=n_splits, seed=cfg.seed + 7919,
+                         task=cfg.task)
+    rows = []
+    for b in sizes:
+        lr = scaled_lr(cfg.lr, b, cfg.batch_size, rule)
+        bcfg = cfg.with_(batch_size=b, lr=lr)
+        res = cross_validate(data, bcfg, splits=splits, baselines=[])
+        f = res.folds[res.folds["model"] == DEEP]
+        epochs = sum(len(h) for h in res.histories.values())
+        row = {"batch_size": b, "lr": lr, f"{metric}_mean": float(f[metric].mean()),
+               f"{metric}_sd": float(f[metric].std(ddof=0)), "seconds_per_epoch": float(f["seconds"].sum()) / max(epochs, 1)}
+        rows.append(row)
+        if tracker is not None:
+            with tracker.child(f"batch-{b}", tags={"batch_sweep": b}) as ch:
+                ch.log_params({"batch_size": b, "lr": lr, "lr_scaling": rule, "base_batch_size": cfg.batch_size,
+                               "base_lr": cfg.lr})
+                ch.log_metrics({k: v for k, v in row.items() if k not in ("batch_size", "lr")})
+    table = pd.DataFrame(rows)
+    score = sign * table[f"{metric}_mean"]
+    ok = table[score >= score.max() - tolerance]
+    best = ok.iloc[-1]  # the largest batch size among the near-best: fewest steps per epoch
+    table["chosen"] = table["batch_size"] == best["batch_size"]
+    return BatchSweepResult(table, cfg.with_(batch_size=int(best["batch_size"]), lr=float(best["lr"])), metric)

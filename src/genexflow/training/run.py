@@ -121,6 +121,15 @@ def train_and_track(
         lineage = tracker.log_dataset(cohort, cohort_path) or {}
         tracker.log_environment()
 
+        if cfg.batch_sizes:
+            stage(f"batch-size sweep {list(cfg.batch_sizes)} ({cfg.lr_scaling} lr scaling)")
+            from genexflow.training.hpo import batch_size_sweep
+
+            sweep = batch_size_sweep(cohort, cfg, cfg.batch_sizes, cfg.lr_scaling,
+                                     tracker=tracker if tracking else None)
+            cfg = sweep.best_config.with_(batch_sizes=[])
+            tracker.log_params({"batch_sweep.chosen": cfg.batch_size, "batch_sweep.lr": cfg.lr})
+            tracker.log_table(sweep.table.set_index("batch_size"), "batch_sweep/table")
         hpo = None
         untuned = cfg
         if hpo_trials > 0:
