@@ -142,12 +142,20 @@ def test_pipeline_batch_methods():
     from genexflow.simulate import simulate_cohort
 
     c, _ = simulate_cohort(n_samples=40, n_genes=120, n_pathways=6, seed=8)
-    seq = PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq"))
+    seq = PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq", unseen_batch="estimate"))
     H = seq.fit_transform(c, batch_column="batch")
     assert isinstance(seq.combat_seq_, ComBatSeq) and seq.needs_batch and seq.combat_ is None
     np.testing.assert_allclose(seq.transform(c), H, atol=1e-8)  # frozen ComBat-seq + the rest
     with pytest.raises(InputError, match="ONNX"):
         seq.to_torch()
+    moved = c.samples["batch"].astype(str).to_numpy().copy()
+    moved[:5] = "new-site"  # an unseen batch stays uncorrected; the other rows are unchanged
+    out = seq.transform(c, batch=moved)
+    np.testing.assert_allclose(out[5:], H[5:], atol=1e-8)
+    assert np.isfinite(out).all() and not np.allclose(out[:5], H[:5])
+    strict = PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq", unseen_batch="error"))
+    with pytest.raises(InputError, match="not seen"):
+        strict.fit(c, batch_column="batch").transform(c, batch=moved)
     off = PreprocessingPipeline(PreprocessingConfig(batch_method="none")).fit(c, batch_column="batch")
     assert not off.needs_batch and off.batch_column_ is None
     with pytest.raises(InputError, match="unknown batch_method"):

@@ -418,7 +418,7 @@ class PreprocessingPipeline:
                              f"{self.batch_column_!r})")
         H = X[:, self.keep_index_]
         if getattr(self, "combat_seq_", None) is not None:
-            H = self.combat_seq_.transform(H, batch=batch, covariates=covariates)
+            H = self._combat_seq(H, batch, covariates)
         if self.normalizer_ is not None:
             H = self.normalizer_.transform(H)
         if self.imputer_ is not None:
@@ -440,6 +440,18 @@ class PreprocessingPipeline:
         if self.scale_mean_ is not None:
             H = (H - self.scale_mean_) / self.scale_sd_
         return H
+
+    def _combat_seq(self, H: np.ndarray, batch: Any, covariates: Any) -> np.ndarray:
+        """Frozen ComBat-seq; rows of a batch unseen in training stay uncorrected (as an unseen batch is
+        everywhere else) unless ``unseen_batch="error"``, where ComBat-seq names the batch."""
+        seen = np.isin(np.asarray(batch).astype(str), self.batch_levels_)
+        if seen.all() or self.config.unseen_batch == "error":
+            return self.combat_seq_.transform(H, batch=batch, covariates=covariates)
+        out = H.copy()
+        if seen.any():
+            cov = None if covariates is None else pd.DataFrame(covariates).reset_index(drop=True)[seen]
+            out[seen] = self.combat_seq_.transform(H[seen], batch=np.asarray(batch)[seen], covariates=cov)
+        return out
 
     # ------------------------------------------------------------------ torch
     def to_torch(self):
