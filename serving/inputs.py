@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from genexflow.bundle import BundleInfo, align_genes, encode_covariates
+from genexflow.bundle import BATCH_STATUS_LABELS, BundleInfo, align_genes, encode_covariates
 from genexflow.errors import InputError
 
 
@@ -87,5 +87,9 @@ def output_frame(info: BundleInfo, outputs: dict[str, np.ndarray], sample_ids: p
         p = outputs["probabilities"]
         df = pd.DataFrame(p, index=idx, columns=[f"p_{c}" for c in info.class_names])
         df.insert(0, "prediction", np.asarray(info.class_names, dtype=object)[p.argmax(axis=1)])
-        return df
-    return pd.DataFrame({"prediction": outputs["prediction"][:, 0]}, index=idx)
+    else:
+        df = pd.DataFrame({"prediction": outputs["prediction"][:, 0]}, index=idx)
+    if "batch_status" in outputs:  # how each row's batch was corrected (unseen batches are flagged)
+        df["batch_correction"] = np.asarray(BATCH_STATUS_LABELS, dtype=object)[np.asarray(outputs["batch_status"]).reshape(-1)]
+    return df
+

@@ -71,15 +71,19 @@ def test_real_samples_onnx_equals_python_pipeline(bladder_bundle, tmp_path):
     got = run_onnx(art.onnx_path, feeds)["probabilities"]
     from genexflow.cohort import Cohort
 
-    # known-batch rows equal the Python pipeline on the same aligned input; unseen-batch rows are served
-    # without batch adjustment (the graph cannot estimate a new batch from one request)
-    aligned = Cohort(feeds["expression"][3:], art.info.input_genes, samples.iloc[3:], c.value_type)
-    ref = predict(bundle, aligned)[art.info.class_names].to_numpy()
-    assert np.abs(got[3:] - ref).max() <= 1e-4
-    assert np.isfinite(got[:3]).all() and np.allclose(got[:3].sum(1), 1, atol=1e-5)
-    # batch sizes 1 and 57 (dynamic axis)
-    one = run_onnx(art.onnx_path, {k: v[:1] for k, v in feeds.items()})["probabilities"]
-    assert np.abs(one - got[:1]).max() <= 1e-5
+    # the Python pipeline on the same aligned rows sent together says the same, the unseen batch included
+    # (3 rows of it: estimated from the request, flagged 2)
+    aligned = Cohort(feeds["expression"], art.info.input_genes, samples, c.value_type)
+    ref = predict(bundle, aligned)
+    assert np.abs(got - ref[art.info.class_names].to_numpy()).max() <= 1e-4
+    status = run_onnx(art.onnx_path, feeds)["batch_status"]
+    assert status.tolist() == [2] * 3 + [1] * 9
+    assert ref["batch_correction"].iloc[0] == "estimated (unseen batch)"
+    # batch size 1 (dynamic axis): a training-batch row is independent of its request; one row of an unseen
+    # batch is too few to estimate it, so it is served uncorrected and flagged 0
+    one = run_onnx(art.onnx_path, {k: v[3:4] for k, v in feeds.items()})
+    assert np.abs(one["probabilities"] - got[3:4]).max() <= 1e-5 and one["batch_status"].tolist() == [1]
+    assert run_onnx(art.onnx_path, {k: v[:1] for k, v in feeds.items()})["batch_status"].tolist() == [0]
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -104,7 +108,7 @@ def test_latent_output_and_bad_bundle(bladder_bundle, tmp_path):
     from genexflow.export import export_bundle as eb
 
     art = eb(bundle, tmp_path / "lat", include_latent=True)
-    assert [o.name for o in art.outputs] == ["probabilities", "latent"]
+    assert [o.name for o in art.outputs] == ["probabilities", "latent", "batch_status"]
     feeds, _ = build_inputs(art.info, c.frame().iloc[:5], c.samples.iloc[:5], [i.name for i in art.inputs])
     out = run_onnx(art.onnx_path, feeds)
     assert out["latent"].shape[0] == 5 and np.isfinite(out["latent"]).all()

@@ -52,9 +52,9 @@ class TritonPythonModel:
                             f"send finite values" + (" (NaN marks an absent gene)" if name in self.allow_nan
                                                      else ""))
             if name == "batch_index" and self.n_batch_levels and a.size:
-                if a.min() < -1 or a.max() >= self.n_batch_levels:
-                    return (f"input 'batch_index' must be in [-1, {self.n_batch_levels - 1}] "
-                            f"(-1 = unseen batch), got values in [{a.min()}, {a.max()}]")
+                if a.max() >= self.n_batch_levels:
+                    return (f"input 'batch_index' must be < {self.n_batch_levels} (negative = a batch unseen in "
+                            f"training), got values up to {a.max()}")
         return None
 
     def execute(self, requests):
@@ -69,6 +69,20 @@ class TritonPythonModel:
             else:
                 good.append(r)
                 parts.append(arrays)
+        # A request with rows of an unseen batch (negative batch_index) is estimated from its own rows, so
+        # it runs alone; the others share one run.
+        own = [j for j, p in enumerate(parts) if self._unseen(p)]
+        shared = [j for j in range(len(parts)) if j not in own]
+        for group in [shared] + [[j] for j in own]:
+            if group:
+                self._run([good[j] for j in group], [parts[j] for j in group], responses)
+        return responses
+
+    def _unseen(self, arrays):
+        return any(name == "batch_index" and a.size and a.min() < 0
+                   for (name, _), a in zip(self.inputs, arrays, strict=True))
+
+    def _run(self, good, parts, responses):
         if good:
             feeds = {name: np.concatenate([p[i] for p in parts]) for i, (name, _) in enumerate(self.inputs)}
             names = [n for n, _ in self.outputs]
@@ -86,7 +100,6 @@ class TritonPythonModel:
                 responses[r] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor(name, np.ascontiguousarray(o, dtype=dt))
                     for (name, dt), o in zip(self.outputs, outs, strict=True)])
-        return responses
 
     def finalize(self):
         self.session = None

@@ -117,13 +117,31 @@ class BundleInfo:
         return cls(**d)
 
     def batch_index(self, samples: pd.DataFrame) -> np.ndarray:
-        """Batch level index per sample (int64); -1 for an unseen batch or no batch column."""
+        """The graph's ``batch_index`` per sample (int64, :func:`batch_codes`): the training batch level's
+        position, ``-1 - k`` for the k-th unseen batch of these samples; zeros without a batch column."""
         if not self.batch_column:
             return np.zeros(len(samples), np.int64)
         if self.batch_column not in samples.columns:
             raise InputError(f"sample sheet lacks the batch column {self.batch_column!r}")
-        lookup = {b: i for i, b in enumerate(self.batch_levels)}
-        return np.array([lookup.get(str(b), -1) for b in samples[self.batch_column]], np.int64)
+        return batch_codes(samples[self.batch_column], self.batch_levels)
+
+
+#: The served graph's ``batch_status`` values (0, 1, 2) as the predictions table's ``batch_correction``.
+BATCH_STATUS_LABELS = ("uncorrected (unseen batch, too few samples)", "training batch", "estimated (unseen batch)")
+
+
+def batch_codes(labels: Any, levels: list[str]) -> np.ndarray:
+    """Batch labels as the serving graph's ``batch_index``: the position of a training batch in ``levels``,
+    and for batches unseen in training ``-1 - k``, k numbering the distinct unseen labels in sorted order
+    (so rows of the same new batch share a code and the graph can estimate that batch from them)."""
+    lab = np.asarray(pd.Series(labels).astype(str).to_numpy(), dtype=str)
+    lookup = {b: i for i, b in enumerate(map(str, levels))}
+    idx = np.array([lookup.get(b, -1) for b in lab], dtype=np.int64)
+    unseen = sorted(set(lab[idx < 0].tolist()))
+    new = {b: -1 - k for k, b in enumerate(unseen)}
+    for b, code in new.items():
+        idx[lab == b] = code
+    return idx
 
 
 PREPROCESSING_FILE = "preprocessing.pkl"

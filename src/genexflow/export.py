@@ -5,12 +5,14 @@ The graph takes what a client has, never what the model sees::
     expression   float32 (B, G_in)  RAW values in the training gene order (``BundleInfo.input_genes``),
                                     same value type as training; NaN marks an absent gene (filled inside)
     covariates   float32 (B, C)     encoded with ``bundle.encode_covariates`` (only when C > 0)
-    batch_index  int64   (B,)       ``BundleInfo.batch_index`` (-1 = unseen batch; only when the
-                                    preprocessing corrects batches)
+    batch_index  int64   (B,)       ``BundleInfo.batch_index`` (a training batch's level, or -1 - k for the
+                                    k-th batch unseen in training; only when the preprocessing corrects batches)
     ->
     probabilities float32 (B, K)    classification (softmax over ``class_names``), or
     prediction    float32 (B, 1)    regression
     latent        float32 (B, L)    optional (``include_latent=True``)
+    batch_status  int64   (B,)      with batch correction: 1 training batch, 2 unseen batch estimated from
+                                    the request, 0 unseen batch passed through uncorrected
 
 The batch axis is dynamic. The sidecar ``model.json`` next to ``model.onnx`` carries the input contract
 (:class:`~genexflow.bundle.BundleInfo`: gene order, value type, label names, covariate encoding, batch
@@ -104,14 +106,16 @@ class ServingModule:
     @staticmethod
     def build(preprocess: Any, model: Any, task: str, *, use_covariates: bool, use_batch: bool,
               preprocess_takes_covariates: bool = False, include_latent: bool = False,
-              target_mean: float = 0.0, target_std: float = 1.0) -> Any:
+              target_mean: float = 0.0, target_std: float = 1.0, batch_status: bool = False) -> Any:
         """Wrap ``preprocess`` (``preprocess(x, batch_index=..., covariates=...)``: raw (B, G_in) ->
         (B, G_out)) and ``model`` (``model(x, covariates)`` -> logits, or a tuple/dict/NamedTuple carrying
         ``logits`` and ``latent``) into one module: softmax for classification; for regression the
         standardized output is mapped back with ``target_std`` / ``target_mean`` as training predicts.
 
         The wrapped module's ``forward`` takes only the inputs the graph needs, in the order
-        expression, covariates, batch_index.
+        expression, covariates, batch_index. ``batch_status`` adds the last output, ``preprocess.batch_status
+        (batch_index)``: how each row's batch was corrected (1 training batch, 2 an unseen batch estimated
+        from the request, 0 an unseen batch passed through uncorrected).
         """
         import torch
 
@@ -136,9 +140,10 @@ class ServingModule:
                     y = torch.softmax(logits, dim=-1)
                 else:
                     y = logits.reshape(logits.shape[0], -1)[:, :1] * target_std + target_mean
-                if include_latent:
-                    return y, latent
-                return y
+                outs = [y] + ([latent] if include_latent else [])
+                if batch_status:
+                    outs.append(self.preprocess.batch_status(batch_index))
+                return tuple(outs) if len(outs) > 1 else y
 
         # Distinct forward signatures so the exported graph has exactly the inputs it uses.
         if use_covariates and use_batch:
@@ -239,6 +244,7 @@ def export_onnx_artifact(
     use_covariates: bool | None = None,
     use_batch: bool | None = None,
     include_latent: bool = False,
+    batch_status: bool = False,
     preprocessing_meta: dict[str, Any] | None = None,
     example: dict[str, np.ndarray] | None = None,
     opset: int = 17,
@@ -269,7 +275,7 @@ def export_onnx_artifact(
     use_batch = bool(info.batch_column) if use_batch is None else use_batch
     names = ["expression"] + (["covariates"] if use_covariates else []) + (["batch_index"] if use_batch else [])
     out_name = "probabilities" if info.task == "classification" else "prediction"
-    out_names = [out_name] + (["latent"] if include_latent else [])
+    out_names = [out_name] + (["latent"] if include_latent else []) + (["batch_status"] if batch_status else [])
     if example is None:
         example = example_inputs(info, 8, use_covariates=use_covariates, use_batch=use_batch)
     onnx_path = export_graph(module, {n: example[n] for n in names}, out_dir / ONNX_NAME, out_names, opset=opset,
@@ -394,15 +400,18 @@ def export_bundle(bundle_dir: str | Path, out_dir: str | Path | None = None, *, 
                              "the single `covariates` graph input cannot feed both")
     use_cov = info.n_covariates > 0
     ex = info.extra or {}
+    status = use_batch and hasattr(pre_module, "batch_status")
     module = ServingModule.build(
         pre_module, model, info.task, use_covariates=use_cov, use_batch=use_batch,
         preprocess_takes_covariates=takes_cov, include_latent=include_latent,
         target_mean=float(ex.get("target_mean", 0.0) or 0.0), target_std=float(ex.get("target_std", 1.0) or 1.0),
+        batch_status=status,
     )
     meta = {"pipeline": repr(pre), "sha256": info.preprocessing_sha256, "n_genes_in": len(info.input_genes),
             "n_genes_out": len(getattr(pre, "genes_out_", [])), "batch_corrected": use_batch,
-            "combat_covariates": takes_cov, "architecture": ex.get("architecture", "")}
+            "combat_covariates": takes_cov, "architecture": ex.get("architecture", ""),
+            "unseen_batch_min_samples": int(getattr(pre_module, "unseen_min_samples", 0) or 0)}
     return export_onnx_artifact(
         module, info, out_dir or bundle_dir, use_covariates=use_cov, use_batch=use_batch,
-        include_latent=include_latent, preprocessing_meta=meta, opset=opset, atol=atol,
+        include_latent=include_latent, batch_status=status, preprocessing_meta=meta, opset=opset, atol=atol,
     )

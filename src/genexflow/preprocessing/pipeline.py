@@ -68,7 +68,13 @@ class PreprocessingConfig:
         one per variable: batch, then each categorical covariate) and random seed.
     batch_column : sample-sheet column for ComBat (None: no ComBat).
     covariates : sample-sheet columns kept in ComBat's design (must be known at inference).
-    combat_parametric, combat_mean_only, reference_batch, unseen_batch : ComBat options.
+    combat_parametric, combat_mean_only, reference_batch : ComBat options.
+    unseen_batch : {"error", "estimate"}
+        A batch not seen in training: refuse it, or (``"estimate"``) apply the served rule -- a batch with
+        at least ``unseen_min_samples`` samples among the rows transformed together is corrected with
+        ComBat parameters estimated from those rows, a smaller one passes through uncorrected and is
+        flagged (:meth:`PreprocessingPipeline.batch_status`). Harmony leaves unseen batches uncorrected.
+    unseen_min_samples : samples of an unseen batch needed to estimate it (>= 2; 0 never estimates).
     scale : per-gene standardization at the end.
     """
 
@@ -92,6 +98,7 @@ class PreprocessingConfig:
     combat_mean_only: bool = False
     reference_batch: Any = None
     unseen_batch: str = "error"
+    unseen_min_samples: int = 3
     scale: bool = True
 
     def to_dict(self) -> dict:
@@ -327,21 +334,70 @@ class PreprocessingPipeline:
         return df[list(self.genes_in_)].to_numpy(np.float64)
 
     def batch_index(self, batch: Any, unseen: str = "error") -> np.ndarray:
-        """Positions of batch labels in ``batch_levels_`` (int64) for the torch/ONNX ``batch_index`` input.
+        """The torch/ONNX ``batch_index`` input (int64, :func:`genexflow.bundle.batch_codes`): positions of
+        batch labels in ``batch_levels_``.
 
-        ``unseen="error"`` raises for a batch not seen in training; ``unseen="minus-one"`` maps it to -1,
-        which the torch module leaves without batch adjustment (see ``docs/preprocessing.md``).
+        ``unseen="error"`` raises for a batch not seen in training; ``unseen="code"`` gives the k-th
+        distinct unseen batch the code ``-1 - k`` (see ``docs/preprocessing.md``: unseen batches).
         """
         check_fitted(self, "genes_out_")
         if not self.needs_batch:
             raise InputError("this pipeline has no batch-correction step")
-        labels = np.asarray(batch).astype(str)
-        lut = {b: i for i, b in enumerate(self.batch_levels_)}
-        idx = np.array([lut.get(b, -1) for b in labels], dtype=np.int64)
+        from genexflow.bundle import batch_codes
+
+        idx = batch_codes(batch, self.batch_levels_)
         if (idx < 0).any() and unseen == "error":
+            labels = np.asarray(batch).astype(str)
             raise InputError(f"batch {', '.join(sorted(set(labels[idx < 0]))[:5])} was not in training "
                              f"(known: {', '.join(self.batch_levels_)})")
         return idx
+
+    @property
+    def unseen_min_samples_(self) -> int:
+        """Samples of an unseen batch needed to estimate its correction (0: never estimated)."""
+        cfg = self.config
+        if self.combat_ is None or cfg.unseen_batch != "estimate":
+            return 0
+        n = int(getattr(cfg, "unseen_min_samples", 3))  # pipelines pickled before the option: 3
+        return 0 if n <= 0 else max(n, 1 if self.combat_.mean_only else 2)
+
+    def batch_status(self, batch: Any) -> np.ndarray:
+        """How each row's batch is corrected when these rows are transformed (or sent to the served graph)
+        together: 1 training parameters, 2 estimated from these rows (an unseen batch with at least
+        :attr:`unseen_min_samples_` of them), 0 passed through uncorrected (an unseen batch)."""
+        import torch
+
+        from genexflow.preprocessing.torch_ops import batch_status
+
+        return batch_status(torch.as_tensor(self.batch_index(batch, unseen="code")),
+                            self.unseen_min_samples_).numpy()
+
+    def _combat_transform(self, H: np.ndarray, batch: Any, covariates: Any) -> np.ndarray:
+        """ComBat with the training parameters; rows of unseen batches by the served rule
+        (:func:`~genexflow.preprocessing.torch_ops.unseen_batch_parameters`, the graph's own code)."""
+        codes = self.batch_index(batch, unseen="error" if self.config.unseen_batch == "error" else "code")
+        seen = codes >= 0
+        if seen.all():
+            return self.combat_.transform(H, batch=batch, covariates=covariates)
+        import torch
+
+        from genexflow.preprocessing.torch_ops import unseen_batch_parameters
+
+        cb = self.combat_
+        out = np.empty_like(H)
+        cov = None if covariates is None else pd.DataFrame(covariates).reset_index(drop=True)
+        if seen.any():
+            out[seen] = cb.transform(H[seen], batch=np.asarray(batch)[seen],
+                                     covariates=None if cov is None else cov[seen])
+        rows = ~seen
+        s, stand = cb.standardize(H[rows], None if cov is None else cov[rows])
+        gamma, delta, _ = unseen_batch_parameters(
+            torch.as_tensor(s), torch.as_tensor(codes[rows]), self.unseen_min_samples_, bool(cb.mean_only),
+            torch.as_tensor(cb.adjusted_genes_))
+        sd = np.sqrt(cb.var_pooled_)
+        adj = (s - gamma.numpy()) / np.sqrt(delta.numpy()) * sd + stand
+        out[rows] = np.where(cb.adjusted_genes_, adj, H[rows])
+        return out
 
     def covariate_design(self, covariates: pd.DataFrame | None, n: int) -> np.ndarray:
         """Covariates (n, C) float32 for the torch/ONNX ``covariates`` input, encoded as
@@ -433,7 +489,7 @@ class PreprocessingPipeline:
             if batch is None:
                 raise InputError(f"this pipeline corrects batches; pass batch= (sample-sheet column "
                                  f"{self.batch_column_!r})")
-            H = self.combat_.transform(H, batch=batch, covariates=covariates)
+            H = self._combat_transform(H, batch, covariates)
         if getattr(self, "harmony_", None) is not None:
             cats = self.harmony_.variables_[1:]
             H = self.harmony_.transform(H, batch=batch, covariates=pd.DataFrame(covariates)[cats] if cats else None)
@@ -459,7 +515,7 @@ class PreprocessingPipeline:
 
         ``module(x, batch_index=None, covariates=None)``: ``x`` (B, len(genes_in_)) float32 raw values in
         training gene order (NaN allowed), ``batch_index`` (B,) int64 from :meth:`batch_index` (positions
-        in ``batch_levels_``; -1 = unseen batch, left without batch adjustment) and ``covariates``
+        in ``batch_levels_``; negative = an unseen batch, see :meth:`batch_index`) and ``covariates``
         (B, C) from :meth:`covariate_design` (the :func:`genexflow.bundle.encode_covariates` encoding)
         when ComBat uses covariates. Returns (B, len(genes_out_)) float32. The module's
         ``takes_batch``/``takes_covariates`` flags tell :mod:`genexflow.export` which inputs to wire.
@@ -493,7 +549,7 @@ class PreprocessingPipeline:
             else:
                 A, b = np.zeros((0, len(self.combat_.covariate_encoder_.names_)))[:, self.combat_._cov_keep], \
                     np.zeros(int(self.combat_._cov_keep.sum()))
-            steps.append(T.ComBatOp(self.combat_, order, A, b))
+            steps.append(T.ComBatOp(self.combat_, order, A, b, min_samples=self.unseen_min_samples_))
             n_cov = steps[-1].n_cov
         elif getattr(self, "harmony_", None) is not None:
             combat_at = len(steps)
@@ -504,7 +560,8 @@ class PreprocessingPipeline:
                              "cannot express; export a model trained with --batch-method combat or harmony")
         if self.scale_mean_ is not None:
             steps.append(T.Scale(self.scale_mean_, self.scale_sd_))
-        module = T.PreprocessingModule(steps, combat_at, n_cov)
+        module = T.PreprocessingModule(steps, combat_at, n_cov,
+                                       unseen_min_samples=self.unseen_min_samples_ if self.combat_ is not None else 0)
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)

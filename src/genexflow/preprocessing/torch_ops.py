@@ -7,8 +7,13 @@ with only ONNX-exportable operations: elementwise math, ``where``, reductions, `
 control flow: the batch dimension is dynamic, every other shape is fixed at fit time.
 
 Shapes: ``x`` is (B, G) for the step's input genes; ``batch_index`` (B,) int64 positions in the
-pipeline's ``batch_levels_`` (-1: unseen batch); ``covariates`` (B, C) float in the serving encoding of
-:func:`genexflow.bundle.encode_covariates` (from :meth:`PreprocessingPipeline.covariate_design`).
+pipeline's ``batch_levels_``, or a negative code for a batch unseen in training (``-1 - k`` for the k-th
+distinct unseen batch of the request, :func:`genexflow.bundle.batch_codes`); ``covariates`` (B, C) float in
+the serving encoding of :func:`genexflow.bundle.encode_covariates` (from
+:meth:`PreprocessingPipeline.covariate_design`).
+
+Unseen batches (ComBat): :func:`unseen_batch_parameters` is the one implementation of what happens to
+them, run by the ONNX graph and by the pipeline's numpy ``transform`` alike (see ``docs/preprocessing.md``).
 """
 
 from __future__ import annotations
@@ -166,15 +171,104 @@ class MeanFill(nn.Module):
         return torch.where(torch.isnan(x), self.means.unsqueeze(0).expand_as(x), x)
 
 
+#: Parametric EB iterations for an unseen batch: a fixed count (the graph has no data-dependent loop);
+#: sva's rule (relative change < 1e-4) is met well before it on real data, and extra iterations stay at
+#: the fixed point.
+UNSEEN_EB_ITERATIONS = 50
+
+#: ``batch_status`` values: how each row's batch was corrected.
+BATCH_UNCORRECTED, BATCH_TRAINING, BATCH_ESTIMATED = 0, 1, 2
+
+
+def unseen_group_sizes(batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(same, n)``: (B, B) float membership of rows in the same unseen batch (codes < 0) and (B,) the
+    number of request rows in each row's unseen batch (0 for rows of training batches)."""
+    unseen = batch_index < 0
+    same = (batch_index.unsqueeze(0) == batch_index.unsqueeze(1)) & unseen.unsqueeze(0) & unseen.unsqueeze(1)
+    same = same.to(F64)
+    return same, same.sum(1)
+
+
+def batch_status(batch_index: torch.Tensor, min_samples: int) -> torch.Tensor:
+    """(B,) int64 per row: 1 corrected with its training batch's parameters, 2 an unseen batch estimated
+    from the request (>= ``min_samples`` rows of it; 0 disables estimation), 0 an unseen batch passed
+    through uncorrected."""
+    _, n = unseen_group_sizes(batch_index)
+    seen = batch_index >= 0
+    est = (~seen) & (n >= max(int(min_samples), 1)) if min_samples > 0 else torch.zeros_like(seen)
+    one = torch.ones_like(batch_index)
+    return torch.where(seen, one * BATCH_TRAINING, torch.where(est, one * BATCH_ESTIMATED, one * BATCH_UNCORRECTED))
+
+
+def unseen_batch_parameters(s: torch.Tensor, batch_index: torch.Tensor, min_samples: int, mean_only: bool,
+                            adjusted: torch.Tensor, n_iter: int = UNSEEN_EB_ITERATIONS
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ComBat's parametric empirical-Bayes estimates for batches unseen in training, from the request.
+
+    Each unseen batch with at least ``min_samples`` rows in the request gets ``gamma*``/``delta*`` from its
+    own rows of ``s`` (standardized with the frozen training model), with sva's priors computed over its
+    genes and ``n_iter`` iterations of ``it.sol``; ``mean_only`` estimates the location only. Rows of
+    smaller unseen batches get the identity (``gamma 0``, ``delta 1``); training rows are not estimated.
+
+    Parameters
+    ----------
+    s : Tensor of shape (B, G), float64
+    batch_index : Tensor of shape (B,), int64 (negative = unseen batch code)
+    min_samples : int (>= 2 unless ``mean_only``)
+    adjusted : Tensor of shape (G,), bool -- genes ComBat corrects (others stay as they are)
+
+    Returns
+    -------
+    gamma, delta : Tensor of shape (B, G), per row
+    estimated : Tensor of shape (B,), bool
+    """
+    same, n = unseen_group_sizes(batch_index)
+    est = batch_status(batch_index, min_samples) == BATCH_ESTIMATED
+    n1 = n.unsqueeze(1)
+    mean = same @ s / torch.clamp(n1, min=1.0)
+    ss = same @ torch.square(s - mean)
+    w = adjusted.to(F64).unsqueeze(0)
+    nw = w.sum()
+
+    def gene_mean(v):
+        return (v * w).sum(1, keepdim=True) / nw
+
+    def gene_var(v):  # over adjusted genes, ddof 1 (R's var)
+        return (torch.square(v - gene_mean(v)) * w).sum(1, keepdim=True) / (nw - 1)
+
+    g_hat = mean
+    g_bar, t2 = gene_mean(g_hat), gene_var(g_hat)
+    if mean_only:
+        gamma = (t2 * g_hat + g_bar) / (t2 + 1.0)  # postmean with n = 1, delta = 1 (sva's mean.only)
+        delta = torch.ones_like(s)
+    else:
+        d_hat = ss / torch.clamp(n1 - 1.0, min=1.0)
+        m, v = gene_mean(d_hat), gene_var(d_hat)
+        a = (2 * v + m * m) / v
+        b = (m * v + m * m * m) / v
+        delta = d_hat
+        gamma = g_hat
+        for _ in range(n_iter):
+            gamma = (t2 * n1 * g_hat + delta * g_bar) / (t2 * n1 + delta)
+            delta = (0.5 * (ss + n1 * torch.square(mean - gamma)) + b) / (n1 / 2 + a - 1)
+    keep = est.unsqueeze(1) & adjusted.unsqueeze(0)
+    gamma = torch.where(keep, gamma, torch.zeros_like(gamma))
+    delta = torch.where(keep, delta, torch.ones_like(delta))
+    return gamma, delta, est
+
+
 class ComBatOp(nn.Module):
     """Frozen ComBat: ``((x - m) / s - gamma*_b) / sqrt(delta*_b) * s + m``.
 
-    ``batch_index`` indexes ``batch_order`` (the serving batch levels); -1 (an unseen batch) gets no
-    batch adjustment (``gamma = 0``, ``delta = 1``: the identity). ``covariates`` come in the serving
-    encoding and are mapped to ComBat's design columns by the affine map ``cov @ A + b``.
+    ``batch_index`` indexes ``batch_order`` (the serving batch levels); a negative code (an unseen batch)
+    is estimated from the request by :func:`unseen_batch_parameters` when the request holds at least
+    ``min_samples`` rows of it, and otherwise gets no batch adjustment (``gamma = 0``, ``delta = 1``: the
+    identity). ``covariates`` come in the serving encoding and are mapped to ComBat's design columns by
+    the affine map ``cov @ A + b``.
     """
 
-    def __init__(self, est, batch_order: np.ndarray, cov_map: np.ndarray, cov_offset: np.ndarray):
+    def __init__(self, est, batch_order: np.ndarray, cov_map: np.ndarray, cov_offset: np.ndarray,
+                 min_samples: int = 0):
         super().__init__()
         G = est.gamma_star_.shape[1]
         nb = len(est.batches_)
@@ -188,6 +282,9 @@ class ComBatOp(nn.Module):
         _buf(self, "sd", np.sqrt(est.var_pooled_))
         _buf(self, "gamma", gamma)
         _buf(self, "delta_sd", np.sqrt(delta))
+        _buf(self, "adjusted", est.adjusted_genes_, torch.bool)
+        self.min_samples = int(min_samples)
+        self.mean_only = bool(est.mean_only)
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         m = self.mean0.unsqueeze(0)
@@ -197,6 +294,10 @@ class ComBatOp(nn.Module):
         idx = torch.where(batch_index < 0, torch.full_like(batch_index, self.n_batches), batch_index)
         g = torch.index_select(self.gamma, 0, idx)
         d = torch.index_select(self.delta_sd, 0, idx)
+        if self.min_samples > 0:
+            gu, du, est = unseen_batch_parameters(s, batch_index, self.min_samples, self.mean_only, self.adjusted)
+            g = torch.where(est.unsqueeze(1), gu, g)
+            d = torch.where(est.unsqueeze(1), torch.sqrt(du), d)
         return (s - g) / d * self.sd + m
 
 
@@ -217,8 +318,10 @@ class PreprocessingModule(nn.Module):
     ``covariates`` (B, C) float are needed only when the pipeline has ComBat (and covariates).
     """
 
-    def __init__(self, steps: list[nn.Module], combat_at: int | None, n_covariates: int):
+    def __init__(self, steps: list[nn.Module], combat_at: int | None, n_covariates: int,
+                 unseen_min_samples: int = 0):
         super().__init__()
+        self.unseen_min_samples = int(unseen_min_samples)
         self.steps = nn.ModuleList(steps)
         self.combat_at = -1 if combat_at is None else combat_at
         self.n_covariates = n_covariates
@@ -235,3 +338,7 @@ class PreprocessingModule(nn.Module):
             else:
                 h = step(h)
         return h.to(torch.float32)
+
+    def batch_status(self, batch_index: torch.Tensor) -> torch.Tensor:
+        """(B,) int64 per row: how its batch was corrected (see :func:`batch_status`)."""
+        return batch_status(batch_index, self.unseen_min_samples)

@@ -273,6 +273,9 @@ class CVResult:
     predictions: pd.DataFrame
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     split_kind: str = "stratified"
+    #: split name -> the deep model trained on that fold (``cross_validate(keep_models=True)``): exporting
+    #: one gives the graph that would serve what the fold's out-of-fold predictions measured
+    fold_models: dict[str, Any] = field(default_factory=dict)
     #: Pathway-specific heads' held-out scores per fold (``model.pathway_heads > 0``), see
     #: :mod:`genexflow.training.modular`; empty otherwise.
     modular: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -336,6 +339,7 @@ def cross_validate(
     splits: Sequence[Split] | None = None,
     epoch_callbacks: Callable[[Split], Sequence[EpochCallback]] | None = None,
     on_fold: Callable[[Split, str, dict[str, float]], None] | None = None,
+    keep_models: bool = False,
 ) -> CVResult:
     """Cross-validate the deep model and the baselines on the same folds.
 
@@ -356,7 +360,11 @@ def cross_validate(
         Per-fold epoch callbacks (MLflow, progress bars, pruning).
     on_fold : callable ``(split, model, metrics)``
         Called when a model finishes a fold.
+    keep_models : bool
+        Keep each fold's deep model (:class:`~genexflow.training.model.TrainedModel`) in ``CVResult.fold_models``.
     """
+    from genexflow.training.model import TrainedModel
+
     labels = encode_labels(cohort, cfg)
     data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
     y = labels.y[labels.labeled]
@@ -368,18 +376,25 @@ def cross_validate(
     fold_rows: list[dict] = []
     pred_rows: list[pd.DataFrame] = []
     histories: dict[str, list] = {}
+    trained: dict[str, Any] = {}
+    models: dict[str, Any] = {}
     for i, sp in enumerate(splits):
         fcfg = cfg.with_(seed=cfg.seed + i)
         fold = prepare_fold(data.subset(sp.train), data.subset(sp.test), y[sp.train],
                             y[sp.test], fcfg)
         _run_fold(fold, sp, fcfg, labels.class_names, names, deep, data.sample_ids[sp.test], epoch_callbacks,
-                  on_fold, fold_rows, pred_rows, histories)
-    return _result(cfg.task, labels, fold_rows, pred_rows, histories, split)
+                  on_fold, fold_rows, pred_rows, histories, trained if keep_models else None)
+        if sp.name in trained:
+            models[sp.name] = TrainedModel.from_fold(data.subset(sp.train), fold, trained.pop(sp.name), fcfg,
+                                                     labels.class_names)
+    res = _result(cfg.task, labels, fold_rows, pred_rows, histories, split)
+    res.fold_models = models
+    return res
 
 
 def _run_fold(fold: PreparedFold, sp: Split, cfg: TrainConfig, class_names: list[str], names: Sequence[str],
               deep: bool, test_ids: pd.Index, epoch_callbacks, on_fold, fold_rows: list, pred_rows: list,
-              histories: dict) -> None:
+              histories: dict, trained: dict | None = None) -> None:
     """Train the deep model and the baselines on one prepared fold; append metrics and predictions."""
     k = len(class_names) if cfg.task == "classification" else 1
     y_test = fold.test.y
@@ -393,6 +408,8 @@ def _run_fold(fold: PreparedFold, sp: Split, cfg: TrainConfig, class_names: list
         out = predict_module(res.module, fold.test, cfg.task, res.target_mean, res.target_std)
         outputs[DEEP] = out["proba"] if cfg.task == "classification" else out["prediction"]
         histories[sp.name] = res.history
+        if trained is not None:
+            trained[sp.name] = res
         if "pathway_output" in out:
             from genexflow.training.modular import modular_scores
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from genexflow.bundle import (
+    BATCH_STATUS_LABELS,
     PREPROCESSING_FILE,
     BundleInfo,
     PickledPreprocessing,
@@ -83,27 +84,32 @@ class TrainedModel:
                 raise InputError("the given preprocessing was fitted on other genes than this cohort's; fit it "
                                  "on the training rows of this cohort (the preprocess-fit step)")
         fold = prepare_fold(data, None, y, None, cfg, preprocessing=pre)
-        pickled = preprocessing or PickledPreprocessing.of(fold.preprocessing)
         k = labels.n_classes if cfg.task == "classification" else 1
         res = train_deep(fold, cfg, k, callbacks)
-        batch_levels: list[str] = []
-        corrects = bool(cfg.batch_column and cfg.combat)  # the batch is model input only when ComBat runs
-        if corrects:
-            batch_levels = sorted(map(str, data.samples[cfg.batch_column].astype(str).unique()))
+        return cls.from_fold(data, fold, res, cfg, labels.class_names, preprocessing)
+
+    @classmethod
+    def from_fold(cls, data: Cohort, fold: Any, res: Any, cfg: TrainConfig, class_names: list[str],
+                  pickled: PickledPreprocessing | None = None) -> TrainedModel:
+        """The model trained on a prepared fold (``training.cv.PreparedFold`` + the trainer's result): the
+        final model, or one cross-validation fold's (what that fold's served graph would be)."""
+        pickled = pickled or PickledPreprocessing.of(fold.preprocessing)
+        pre = fold.preprocessing
+        corrects = bool(getattr(pre, "needs_batch", False))  # the batch is model input only when corrected
         info = BundleInfo(
-            task=cfg.task, label_column=cfg.label, class_names=labels.class_names,
+            task=cfg.task, label_column=cfg.label, class_names=list(class_names),
             input_genes=[str(g) for g in data.genes], value_type=data.value_type.value,
             covariates=fold.covariates, batch_column=cfg.batch_column if corrects else None,
-            batch_levels=batch_levels,
+            batch_levels=list(map(str, pre.batch_levels_)) if corrects else [],
             extra={
                 "architecture": ARCHITECTURE, "train_config": cfg.to_dict(), "model_genes": fold.genes,
                 "pathways": list(fold.priors.pathways), "priors_source": getattr(fold.priors, "source", ""),
-                "best_epoch": res.best_epoch, "stopped_epoch": res.stopped_epoch, "n_train": int(len(y)),
+                "best_epoch": res.best_epoch, "stopped_epoch": res.stopped_epoch, "n_train": int(len(fold.train)),
                 "target_mean": res.target_mean, "target_std": res.target_std,
             },
             preprocessing_sha256=pickled.sha256,
         )
-        return cls(info, fold.preprocessing, res.module.cpu().eval(), fold.priors, res.history, pickled)
+        return cls(info, pre, res.module.cpu().eval(), fold.priors, res.history, pickled)
 
     # ------------------------------------------------------------------ inference
     def align(self, cohort: Cohort) -> Cohort:
@@ -133,14 +139,20 @@ class TrainedModel:
 
     def predict(self, cohort: Cohort) -> pd.DataFrame:
         """Probabilities per class (columns = class names) and ``prediction`` (the arg-max class), or the
-        regression ``prediction``; indexed by sample_id."""
+        regression ``prediction``; with batch correction ``batch_correction`` (how each sample's batch was
+        corrected, as the served graph's ``batch_status`` says); indexed by sample_id."""
         out = self.predict_arrays(cohort)
         idx = cohort.sample_ids
         if self.info.task == "classification":
             df = pd.DataFrame(out["proba"], index=idx, columns=self.info.class_names)
             df["prediction"] = np.asarray(self.info.class_names, dtype=object)[out["proba"].argmax(1)]
-            return df
-        return pd.DataFrame({"prediction": out["prediction"]}, index=idx)
+        else:
+            df = pd.DataFrame({"prediction": out["prediction"]}, index=idx)
+        if self.info.batch_column and hasattr(self.preprocessing, "batch_status"):
+            # the served graph's flag: rows of an unseen batch estimated from this cohort, or left uncorrected
+            status = self.preprocessing.batch_status(self.align(cohort).column(self.info.batch_column).to_numpy())
+            df["batch_correction"] = np.asarray(BATCH_STATUS_LABELS, dtype=object)[status]
+        return df
 
     # ------------------------------------------------------------------ persistence
     def model_state(self) -> dict:
