@@ -157,7 +157,10 @@ def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, mod
                     return InfraResult(False, f"{proto} {label}: answered by version {served}, expected {version}",
                                        worst, n_req, n_rows, load_s, checks)
                 for name, e in expected.items():
-                    d = float(np.max(np.abs(e - got[name]))) if e.size else 0.0
+                    g = np.asarray(got[name])
+                    if g.size == e.size:  # a (B,) output may come back as (B, 1): never broadcast the two
+                        g = g.reshape(e.shape)
+                    d = float(np.max(np.abs(e - g))) if e.size else 0.0
                     if not np.isfinite(d):
                         d = float("inf")
                     worst = max(worst, d)
