@@ -236,7 +236,7 @@ def holdout_split(cohort_dir: str | Path, cfg: Any, test_fraction: float) -> tup
     """Stratified (classification) hold-out split of the labelled rows: ``(train, test)`` cohorts.
     Unlabelled rows are left out of both (training ignores them; they cannot be evaluated)."""
     from genexflow.cohort import Cohort
-    from genexflow.training.cv import encode_labels
+    from genexflow.training.labels import encode_labels
     from genexflow.training.splits import train_val_split
 
     if not 0 < test_fraction < 1:
@@ -276,7 +276,7 @@ def fit_heldout_preprocessing(cohort_dir: str | Path, cfg: Any, test_fraction: f
                               train_out: str | Path, test_out: str | Path) -> FittedPreprocessing:
     """Hold out a test split, fit the preprocessing on the training rows once and write the pipeline's bytes
     (``preprocessor_out``), the training rows and the held-out rows."""
-    from genexflow.training.cv import fit_preprocessing
+    from genexflow.training.folds import fit_preprocessing
 
     tr, te = holdout_split(cohort_dir, cfg, test_fraction)
     pre = fit_preprocessing(tr, cfg)
@@ -368,7 +368,8 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
     from genexflow.cohort import Cohort
     from genexflow.metrics import evaluate
     from genexflow.training.baselines import baseline_names, fit_predict_baseline
-    from genexflow.training.cv import encode_labels, transform
+    from genexflow.training.folds import transform
+    from genexflow.training.labels import encode_labels
     from genexflow.training.model import TrainedModel
 
     model = TrainedModel.load(bundle_dir)

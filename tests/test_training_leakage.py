@@ -18,6 +18,7 @@ import torch
 from genexflow.cohort import Cohort
 from genexflow.simulate import simulate_cohort
 from genexflow.training import cv as cvmod
+from genexflow.training import folds as foldsmod
 from genexflow.training.config import TrainConfig
 from genexflow.training.splits import stratified_kfold
 
@@ -47,7 +48,7 @@ def test_each_fold_fits_preprocessing_on_its_training_rows_only(cohort, cfg, mon
         fitted_on.append(set(train.sample_ids))
         return real(train, c)
 
-    monkeypatch.setattr(cvmod, "fit_preprocessing", spy)
+    monkeypatch.setattr(foldsmod, "fit_preprocessing", spy)  # where prepare_fold looks it up
     res = cvmod.cross_validate(cohort, cfg, n_splits=3, deep=False, baselines=["hist_gb"])
     splits = stratified_kfold(_y(cohort, cfg), 3, seed=cfg.seed)
     ids = cohort.sample_ids
@@ -102,7 +103,7 @@ def test_label_never_enters_preprocessing(cohort, cfg, monkeypatch):
         pre.fit = fit_spy
         return pre
 
-    monkeypatch.setattr(cvmod, "make_preprocessing", spy)
+    monkeypatch.setattr(foldsmod, "make_preprocessing", spy)
     cvmod.cross_validate(cohort, cfg, n_splits=2, deep=False, baselines=[])
     assert seen_cov and all(cfg.label not in covs and bc == "batch" for bc, covs in seen_cov)
     assert all(covs == ["age", "sex"] for _, covs in seen_cov)

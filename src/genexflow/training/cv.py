@@ -1,9 +1,7 @@
-"""Cross-validation without leakage: inside each training fold, fit the whole preprocessing pipeline (filter,
-normalize, impute, ComBat, scale), restrict the priors to the genes it keeps, encode covariates, train the
-deep model (early stopping on an inner validation split of the training rows) and every baseline; then
-apply the frozen fold pipeline to the test rows. Test rows are never seen by anything fitted.
-
-Also: external-cohort validation (train on one cohort, evaluate on another with the frozen preprocessing).
+"""Cross-validation of the deep model beside the baselines on the same folds: for each split the fold's
+inputs are prepared without leakage (:mod:`.folds`: preprocessing fitted on the training rows only), the
+deep model is fitted (:mod:`.fit`) and every baseline too, and the test rows are scored with the frozen
+fold pipeline. Also: external-cohort validation (train on one cohort, evaluate on another).
 """
 
 from __future__ import annotations
@@ -16,237 +14,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from genexflow.bundle import CovariateSpec, encode_covariates, fit_covariates
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.metrics import evaluate, summarize
 from genexflow.training.baselines import baseline_names, fit_predict_baseline
-from genexflow.training.config import DEFAULT_MAX_GENES, TrainConfig
-from genexflow.training.splits import Split, make_splits, train_val_split
-from genexflow.training.trainer import EpochCallback, TensorData, Trainer, TrainResult, predict_module
+from genexflow.training.config import TrainConfig
+from genexflow.training.fit import build_model, fold_target_scaling, train_deep
+from genexflow.training.folds import (
+    PreparedFold,
+    data_driven_gene_sets,
+    fit_preprocessing,
+    fold_priors,
+    make_preprocessing,
+    prepare_fold,
+    transform,
+)
+from genexflow.training.labels import Labels, encode_labels
+from genexflow.training.model import TrainedModel
+from genexflow.training.splits import Split, make_splits
+from genexflow.training.trainer import EpochCallback, predict_module
 
 DEEP = "pathwaynet"
 
-
-# --------------------------------------------------------------------------------------------- labels
-@dataclass
-class Labels:
-    """Encoded labels of a cohort: ``y`` (class index or float), class names, and which rows have one."""
-
-    y: np.ndarray
-    class_names: list[str]
-    labeled: np.ndarray  # bool mask over the cohort rows
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-
-def encode_labels(cohort: Cohort, cfg: TrainConfig, class_names: Sequence[str] | None = None) -> Labels:
-    """Class indices (sorted label strings, or the given order) or float targets; unlabeled rows flagged."""
-    col = cohort.column(cfg.label)
-    if cfg.task == "classification":
-        s = col.astype("string")
-        labeled = s.notna().to_numpy() & (s.str.strip() != "").fillna(False).to_numpy()
-        names = list(class_names) if class_names is not None else sorted(map(str, s[labeled].unique()))
-        if len(names) < 2:
-            raise InputError(f"label column {cfg.label!r} has {len(names)} class(es); classification needs >= 2")
-        lut = {n: i for i, n in enumerate(names)}
-        y = np.array([lut.get(str(v), -1) if ok else -1 for v, ok in zip(s.to_numpy(), labeled, strict=True)],
-                     dtype=np.int64)
-        labeled &= y >= 0
-        return Labels(y, names, labeled)
-    v = pd.to_numeric(col, errors="coerce").to_numpy(np.float64)
-    labeled = np.isfinite(v)
-    if labeled.sum() < 4:
-        raise InputError(f"label column {cfg.label!r} has fewer than 4 numeric values; is --task right?")
-    return Labels(v.astype(np.float32), [], labeled)
-
-
-# --------------------------------------------------------------------------------------------- fold pieces
-def make_preprocessing(cfg: TrainConfig, train: Cohort | None = None) -> Any:
-    """An unfitted preprocessing pipeline with ``cfg.preprocessing`` options.
-
-    With a batch column, batches unseen in training (leave-one-batch-out, new sites at inference) are
-    corrected with parameters estimated from their own samples unless the options say otherwise, and
-    ComBat falls back to mean-only when a training batch has a single sample (its scale is undefined).
-    Unless ``preprocessing.max_genes`` is given (``None`` keeps every gene), the pipeline keeps the
-    :data:`~genexflow.training.config.DEFAULT_MAX_GENES` most variable genes of the training rows.
-    """
-    opts = dict(cfg.preprocessing)
-    # In-fold top-variance filter by default (label-free): on tens to hundreds of samples, thousands of
-    # noise genes drown the penalized GLMs and the network (benchmarks/results/defaults.md).
-    opts.setdefault("max_genes", DEFAULT_MAX_GENES)
-    if cfg.batch_column and cfg.combat:
-        opts.setdefault("unseen_batch", "estimate")
-        if train is not None and "combat_mean_only" not in opts:
-            sizes = train.samples[cfg.batch_column].astype(str).value_counts()
-            if sizes.min() < 2:
-                opts["combat_mean_only"] = True
-    try:
-        from genexflow.preprocessing.pipeline import PreprocessingConfig, PreprocessingPipeline
-    except ImportError:  # preprocessing area not installed: documented minimal fallback
-        from genexflow.training._fallback import SimplePreprocessing
-
-        return SimplePreprocessing(**opts)
-    return PreprocessingPipeline(PreprocessingConfig(**opts))
-
-
-def fit_preprocessing(train: Cohort, cfg: TrainConfig) -> Any:
-    """Fit the pipeline on training rows only: the batch column and, for ComBat, the inference-time
-    covariates (never the label)."""
-    pre = make_preprocessing(cfg, train)
-    batch = cfg.batch_column if cfg.combat else None
-    covs = list(cfg.covariates) if batch and cfg.covariates else None
-    pre.fit(train, batch_column=batch, covariates=covs)
-    return pre
-
-
-def transform(pre: Any, cohort: Cohort) -> np.ndarray:
-    """Frozen preprocessing of any cohort (training, test or new) -> (n_samples, n_genes_out) float32."""
-    return np.asarray(pre.transform(cohort), dtype=np.float32)
-
-
-def data_driven_gene_sets(X: np.ndarray, genes: Sequence[str], n_sets: int | None = None,
-                          seed: int = 0) -> dict[str, list[str]]:
-    """Gene modules from k-means of the training genes' standardized profiles.
-
-    Used when the gene IDs match no gene set (e.g. unannotated microarray probes), so the pathway tokens
-    become co-expression modules. Fitted on training rows only, like everything else in a fold.
-    """
-    from sklearn.cluster import KMeans
-
-    G = X.shape[1]
-    k = n_sets or int(np.clip(G // 25, 4, 64))
-    Z = X - X.mean(0)
-    Z = Z / np.maximum(np.linalg.norm(Z, axis=0), 1e-8)
-    lab = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(Z.T)
-    g = np.asarray(genes, dtype=object)
-    return {f"module_{i:02d}": list(g[lab == i]) for i in range(k) if (lab == i).sum() >= 3}
-
-
-def fold_priors(genes: Sequence[str], cfg: TrainConfig, X_train: np.ndarray | None = None) -> Any:
-    """Priors over the fold's kept genes: the configured gene sets restricted to them, or (when fewer than
-    3 sets survive, e.g. probe IDs) co-expression modules of the training rows."""
-    from genexflow.priors import build_priors
-
-    try:
-        pri = build_priors(list(genes), cfg.gene_sets, min_size=cfg.gene_set_min_size)
-        if pri.n_pathways >= 3:
-            pri.source = str(cfg.gene_sets)
-            return pri
-    except InputError:
-        pass
-    if X_train is None:
-        raise InputError(f"no gene set of {cfg.gene_sets!r} matches the cohort's genes; harmonize gene IDs to "
-                         "symbols (`genexflow ingest`) or pass --gene-sets with a GMT in the cohort's IDs")
-    sets = data_driven_gene_sets(X_train, genes, seed=cfg.seed)
-    pri = build_priors(list(genes), sets, min_size=3)
-    pri.source = "kmeans-modules"
-    return pri
-
-
-def build_model(priors: Any, n_covariates: int, n_outputs: int, cfg: TrainConfig):
-    """A fresh :class:`~genexflow.models.PathwayNet` for the fold's priors (seeded by the caller)."""
-    from genexflow.models import PathwayNet
-
-    opts = {"recon_weight": cfg.recon_weight, **cfg.model}
-    if cfg.init_from:  # the autoencoder branch takes the pretrained encoder's sizes
-        from genexflow.training.pretrain import encoder_sizes
-
-        opts.update(encoder_sizes(cfg.init_from))
-    return PathwayNet.from_priors(priors, n_covariates=n_covariates, n_outputs=n_outputs, task=cfg.task, **opts)
-
-
-@dataclass
-class PreparedFold:
-    """Everything fitted on a fold's training rows, and the model inputs for both sides."""
-
-    preprocessing: Any
-    priors: Any
-    covariates: list[CovariateSpec]
-    train: TensorData
-    test: TensorData | None
-    genes: list[str]
-    seconds: float = 0.0
-
-
-def prepare_fold(train_c: Cohort, test_c: Cohort | None, y_train: np.ndarray, y_test: np.ndarray | None,
-                 cfg: TrainConfig, preprocessing: Any = None) -> PreparedFold:
-    """Fit preprocessing, priors and covariate encoding on ``train_c``; transform both cohorts.
-
-    ``preprocessing``: a pipeline already fitted on exactly ``train_c``'s rows (the pipeline's
-    ``preprocess-fit`` step), used as it is instead of fitting one.
-    """
-    t0 = time.perf_counter()
-    pre = fit_preprocessing(train_c, cfg) if preprocessing is None else preprocessing
-    Xtr = transform(pre, train_c)
-    genes = [str(g) for g in pre.genes_out_]
-    pri = fold_priors(genes, cfg, Xtr)
-    specs = fit_covariates(train_c.samples, list(cfg.covariates))
-    train = TensorData(Xtr, encode_covariates(train_c.samples, specs), y_train, _batch_codes(train_c, cfg))
-    test = None
-    if test_c is not None:
-        test = TensorData(transform(pre, test_c), encode_covariates(test_c.samples, specs), y_test,
-                          _batch_codes(test_c, cfg))
-    return PreparedFold(pre, pri, specs, train, test, genes, time.perf_counter() - t0)
-
-
-def _batch_codes(c: Cohort, cfg: TrainConfig) -> np.ndarray | None:
-    if not cfg.batch_column or cfg.batch_column not in c.samples.columns:
-        return None
-    return pd.factorize(c.samples[cfg.batch_column].astype(str), sort=True)[0].astype(np.int64)
-
-
-def train_deep(fold: PreparedFold, cfg: TrainConfig, n_outputs: int,
-               callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
-    """Train the deep model on the fold's training rows, early-stopping on an inner stratified split."""
-    from genexflow.training.trainer import seed_everything
-
-    fit_idx, val_idx = train_val_split(fold.train.y, cfg.val_fraction, cfg.seed,
-                                       stratify=cfg.task == "classification")
-    seed_everything(cfg.seed, cfg.deterministic)
-    module = build_model(fold.priors, fold.train.covariates.shape[1], n_outputs, cfg)
-    fit = fold.train.take(fit_idx)
-    if cfg.init_from:
-        from genexflow.training.pretrain import init_from_pretrained
-
-        init_from_pretrained(module, cfg.init_from, fold.genes)
-    started = False
-    if getattr(module, "wide", None) is not None and cfg.wide_init != "none":
-        from genexflow.training.wide import init_wide
-
-        # The GLM sees every training row of the fold, the early-stopping rows included: on cohorts of
-        # tens of samples those rows are worth more to it than an unbiased start score. The start's
-        # validation loss is then optimistic, so the deep branches have to beat the GLM clearly to be kept.
-        y = fold.train.y
-        if cfg.task == "regression":  # in the trainer's units: standardized by the fit rows' mean and SD
-            y = (y - np.mean(fit.y)) / (np.std(fit.y) or 1.0)
-        started = init_wide(module, fold.train.X, y, cfg.task, cfg.wide_init, cfg.seed, cfg.wide_trainable)
-    res = Trainer(cfg, callbacks).fit(module, fit, fold.train.take(val_idx), start_is_candidate=started)
-    fold_target_scaling(res)
-    return res
-
-
-def fold_target_scaling(res: TrainResult) -> None:
-    """Fold regression target standardization into the module's last linear layer, so the saved model
-    (and its ONNX export) outputs targets on the original scale."""
-    if res.target_mean == 0.0 and res.target_std == 1.0:
-        return
-    import torch
-
-    head = getattr(res.module, "head", None)
-    last = head[-1] if isinstance(head, torch.nn.Sequential) else None
-    if not isinstance(last, torch.nn.Linear):
-        return  # keep target_mean/std on the result; predict_module applies them
-    with torch.no_grad():
-        last.weight.mul_(res.target_std)
-        last.bias.mul_(res.target_std).add_(res.target_mean)
-        wide = getattr(res.module, "wide", None)
-        if isinstance(wide, torch.nn.Linear):
-            wide.weight.mul_(res.target_std)
-            wide.bias.mul_(res.target_std)
-    res.target_mean, res.target_std = 0.0, 1.0
+# The fold pieces and labels lived here before; their names stay importable from this module.
+__all__ = [
+    "DEEP", "CVResult", "Labels", "PreparedFold", "build_model", "cross_validate", "data_driven_gene_sets",
+    "encode_labels", "external_validation", "fit_preprocessing", "fold_priors", "fold_target_scaling",
+    "make_preprocessing", "prepare_fold", "train_deep", "transform",
+]
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -363,8 +158,6 @@ def cross_validate(
     keep_models : bool
         Keep each fold's deep model (:class:`~genexflow.training.model.TrainedModel`) in ``CVResult.fold_models``.
     """
-    from genexflow.training.model import TrainedModel
-
     labels = encode_labels(cohort, cfg)
     data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
     y = labels.y[labels.labeled]

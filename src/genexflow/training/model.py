@@ -30,6 +30,9 @@ from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.profile import build_reference_profile
 from genexflow.training.config import TrainConfig
+from genexflow.training.fit import train_deep
+from genexflow.training.folds import prepare_fold, transform
+from genexflow.training.labels import encode_labels
 from genexflow.training.trainer import EpochCallback, TensorData, predict_module
 
 ARCHITECTURE = "PathwayNet"
@@ -71,8 +74,6 @@ class TrainedModel:
         ``preprocessing``: the pipeline fitted on exactly these rows (the ``preprocess-fit`` step), used as
         it is; without it the preprocessing is fitted here first.
         """
-        from genexflow.training.cv import encode_labels, prepare_fold, train_deep
-
         labels = encode_labels(cohort, cfg)
         data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
         y = labels.y[labels.labeled]
@@ -124,8 +125,6 @@ class TrainedModel:
 
     def inputs(self, cohort: Cohort) -> TensorData:
         """Model inputs for a raw cohort: frozen preprocessing + covariate encoding."""
-        from genexflow.training.cv import transform
-
         c = self.align(cohort)
         X = transform(self.preprocessing, c)
         cov = encode_covariates(c.samples, self.info.covariates)
