@@ -57,6 +57,8 @@ def simulate(
     missing_rate: float = typer.Option(0.0, help="Fraction of entries set to NaN."),
     value_type: str = typer.Option("counts", help="counts or log-expression."),
     seed: int = typer.Option(0, help="Random seed (same seed, same cohort)."),
+    batch_confounding: float = typer.Option(0.0, help="Share of samples moved to their class's batch "
+                                                       "(0 = batch independent of the label, 1 = confounded)."),
 ) -> None:
     """Simulate a realistic cohort (NB counts, pathway programs, batches, covariates) with its ground truth."""
     from genexflow.simulate import simulate_cohort
@@ -66,7 +68,7 @@ def simulate(
             n_samples=n_samples, n_genes=n_genes, n_pathways=n_pathways, n_informative=n_informative,
             n_classes=n_classes, n_batches=n_batches, batch_location=batch_location, batch_scale=batch_scale,
             signal=signal, library_size=library_size, dropout=dropout, missing_rate=missing_rate,
-            value_type=value_type, seed=seed,
+            value_type=value_type, seed=seed, batch_confounding=batch_confounding,
         )
     with step(f"write {out}"):
         cohort.write(out)

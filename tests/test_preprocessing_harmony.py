@@ -165,3 +165,17 @@ def test_pipeline_batch_methods():
     log.value_type = type(c.value_type)("log-expression")
     with pytest.raises(InputError, match="raw counts"):
         PreprocessingPipeline(PreprocessingConfig(batch_method="combat-seq")).fit(log, batch_column="batch")
+
+
+def test_simulator_batch_confounding_strength():
+    from genexflow.simulate import simulate_cohort
+
+    base, _ = simulate_cohort(n_samples=150, n_genes=100, n_pathways=5, seed=3)
+    v = []
+    for s in (0.0, 0.5, 1.0):
+        c, _ = simulate_cohort(n_samples=150, n_genes=100, n_pathways=5, seed=3, batch_confounding=s)
+        v.append(batch_label_association(c.samples["batch"], c.samples["label"]).effect_size)
+        assert (c.samples["label"] == base.samples["label"]).all()  # only the batches move
+    assert v[0] < 0.2 < v[1] < v[2] and v[2] > 0.99
+    with pytest.raises(InputError, match="batch_confounding"):
+        simulate_cohort(n_samples=20, n_genes=100, seed=3, batch_confounding=1.5)

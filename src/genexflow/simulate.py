@@ -88,6 +88,7 @@ def simulate_cohort(
     seed: int = 0,
     name: str | None = None,
     batch_labels: list[str] | None = None,
+    batch_confounding: float = 0.0,
 ) -> tuple[Cohort, SimulationTruth]:
     """Simulate a cohort.
 
@@ -117,6 +118,10 @@ def simulate_cohort(
     seed : int
     batch_labels : list of str, optional
         Names for the batches (default ``batch1``…); a different name simulates an unseen batch.
+    batch_confounding : float in [0, 1]
+        Share of samples moved to "their" class's batch (class ``c`` -> batch ``c mod n_batches``): the
+        batch becomes associated with the label (Cramér's V rises with it; 1 = every batch holds its
+        classes only). 0 (the default) leaves the cohort exactly as without it.
 
     Returns
     -------
@@ -216,6 +221,11 @@ def simulate_cohort(
         raise InputError(f"{len(labels)} batch labels for {n_batches} batches")
     b_of = rng.integers(0, n_batches, n_samples)
     b_of[:n_batches] = np.arange(n_batches)[: min(n_batches, n_samples)]  # every batch present
+    if not 0 <= batch_confounding <= 1:
+        raise InputError(f"batch_confounding must be in [0, 1], got {batch_confounding}")
+    if batch_confounding > 0:  # own generator: the rest of the cohort is drawn exactly as without it
+        move = np.random.default_rng([seed, 17]).random(n_samples) < batch_confounding
+        b_of = np.where(move, y % n_batches, b_of)
     gamma = rng.normal(0, batch_location, size=(n_batches, n_genes))
     delta = np.exp(rng.normal(0, batch_scale, size=(n_batches, n_genes)))
 
