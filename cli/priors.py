@@ -16,7 +16,8 @@ from genexflow.cli._common import console, step
 
 priors_app = typer.Typer(help="Biological priors: gene sets, gene graphs, pathway scores.", no_args_is_help=True)
 
-_SETS = typer.Option("kegg", "--gene-sets", "-s", help="kegg, go_bp, progeny or a GMT file (.gmt / .gmt.gz).")
+_SETS = typer.Option("kegg", "--gene-sets", "-s", help="kegg, go_bp, progeny or a GMT file (.gmt / .gmt.gz; "
+                     "Reactome's ReactomePathways.gmt is recognised and keyed by stable ID).")
 _ID = typer.Option("symbol", "--id-type", help="Gene IDs of the shipped sets: symbol or entrez.")
 _MIN = typer.Option(5, "--min-size", help="Drop sets with fewer member genes in the cohort.")
 _MAX = typer.Option(None, "--max-size", help="Drop sets with more member genes in the cohort.")
@@ -47,14 +48,21 @@ def priors_list() -> None:
     from rich.table import Table
 
     from genexflow.priors import SHIPPED, load_gene_sets
+    from genexflow.priors.genesets import PROVENANCE, gene_set_names
 
-    table = Table("name", "sets", "median size", "genes", "id types")
+    table = Table("name", "sets", "median size", "genes", "named", "version", "id types")
     for name, files in SHIPPED.items():
         sets = load_gene_sets(name)
         sizes = [len(v) for v in sets.values()]
         genes = len({g for v in sets.values() for g in v})
-        table.add_row(name, str(len(sets)), f"{np.median(sizes):.0f}", str(genes), ", ".join(files))
+        named = len(gene_set_names(name))
+        table.add_row(name, str(len(sets)), f"{np.median(sizes):.0f}", str(genes), f"{named}/{len(sets)}",
+                      PROVENANCE[name]["version"], ", ".join(files))
     console.print(table)
+    console.print("KEGG names are not available offline (pass --pathway-names with KEGG's list/pathway/hsa "
+                  "output to `priors build`). Reactome (CC BY 4.0) is not shipped: no offline package carries "
+                  "it; pass --gene-sets ReactomePathways.gmt from https://reactome.org/download-data.",
+                  markup=False)
 
 
 @priors_app.command("build")
@@ -68,6 +76,8 @@ def priors_build(
     id_map: Path | None = typer.Option(None, "--id-map", help="Two-column file mapping edge-list IDs to genes."),
     min_score: float = typer.Option(400, "--min-score", help="Keep edges with combined_score >= this."),
     k: int = typer.Option(10, "-k", help="Neighbours per gene for --graph knn (fitted on this cohort)."),
+    pathway_names: Path | None = typer.Option(None, "--pathway-names", help="ID<TAB>name file (e.g. KEGG's "
+                                              "list/pathway/hsa output, ReactomePathways.txt) to name pathways."),
     orientation: str = _ORIENT,
 ) -> None:
     """Restrict gene sets to the cohort's genes and build the gene graph; write them to --out."""
@@ -77,11 +87,18 @@ def priors_build(
     with step("build priors"):
         pri = build_priors(list(map(str, X.columns)), gene_sets, id_type=id_type, min_size=min_size,
                            max_size=max_size, graph=graph.value, edge_list=edge_list, id_map=id_map,
-                           min_score=min_score, X=X.to_numpy() if graph is GraphSource.knn else None, k=k)
+                           min_score=min_score, X=X.to_numpy() if graph is GraphSource.knn else None, k=k,
+                           pathway_names=pathway_names)
         pri.save(out)
     covered = int((pri.membership.sum(1) > 0).sum())
     console.print(f"{pri.n_pathways} gene sets, {covered}/{pri.n_genes} genes in a set, graph "
                   f"{pri.graph.kind} ({pri.graph.n_edges:,} directed edges) -> {out}", markup=False)
+    largest = sorted(pri.pathways, key=lambda p: -len(pri.gene_sets[p]))[:5]
+    console.print("largest sets: " + "; ".join(f"{pri.label(p)} ({len(pri.gene_sets[p])})" for p in largest),
+                  markup=False)
+    if len(pri.names) < pri.n_pathways:
+        console.print(f"{pri.n_pathways - len(pri.names)} of {pri.n_pathways} pathways have no name (shown by ID); "
+                      "pass --pathway-names ID<TAB>name to name them", markup=False)
 
 
 @priors_app.command("score")
@@ -96,11 +113,17 @@ def priors_score(
 
     from genexflow.io import write_matrix
     from genexflow.priors import PathwayScorer
+    from genexflow.priors.genesets import gene_set_names
 
     X = _read_frame(matrix, orientation)
     with step("score pathways"):
         sc = PathwayScorer(gene_sets, id_type=id_type, min_size=min_size, max_size=max_size).fit(X)
         S = pd.DataFrame(sc.transform(X), index=X.index, columns=sc.pathways_)
+    names = gene_set_names(gene_sets, id_type=id_type)
+    if names:  # a names table next to the score matrix (its columns are IDs)
+        nfile = out.with_name(out.stem + ".pathway_names.tsv")
+        pd.Series({p: names.get(p, "") for p in S.columns}, name="name").rename_axis("pathway").to_csv(nfile, sep="\t")
+        console.print(f"pathway names -> {nfile}", markup=False)
     S.index.name = "sample_id"
     write_matrix(S, out)
     console.print(f"{S.shape[0]} samples x {S.shape[1]} pathways -> {out}", markup=False)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genexflow.errors import InputError
-from genexflow.priors.genesets import load_gene_sets, membership_matrix, restrict_gene_sets
+from genexflow.priors.genesets import gene_set_names, load_gene_sets, membership_matrix, restrict_gene_sets
 from genexflow.priors.graph import GeneGraph, comembership_graph, edge_list_graph, knn_coexpression_graph
+from genexflow.priors.names import pathway_label, read_pathway_names
 
 GRAPH_SOURCES = ("pathways", "edge_list", "knn")
 
@@ -29,12 +30,19 @@ class GenePriors:
     gene_sets : dict of str to list of str, P sets
     membership : ndarray of shape (G, P), float32 0/1
     graph : GeneGraph over ``genes``
+    names : dict of str to str
+        Pathway ID -> human name where one is known (see :mod:`genexflow.priors.names`).
     """
 
     genes: list[str]
     gene_sets: dict[str, list[str]]
     membership: np.ndarray
     graph: GeneGraph
+    names: dict[str, str] = field(default_factory=dict)
+
+    def label(self, pathway: str) -> str:
+        """``"GO:0000002 mitochondrial genome maintenance"``: the ID and its name when known."""
+        return pathway_label(pathway, self.names)
 
     @property
     def pathways(self) -> list[str]:
@@ -54,7 +62,8 @@ class GenePriors:
         folder.mkdir(parents=True, exist_ok=True)
         g = self.graph
         meta = {"genes": self.genes, "gene_sets": self.gene_sets, "graph_kind": g.kind,
-                "graph_meta": g.meta, "graph_pathways": g.pathways}
+                "graph_meta": g.meta, "graph_pathways": g.pathways,
+                "names": {p: n for p, n in self.names.items() if p in self.gene_sets}}
         (folder / "priors.json").write_text(json.dumps(meta))
         arrays = {"set_weights": g.set_weights} if g.kind == "membership" else {
             "edge_index": g.edge_index, "edge_weight": g.edge_weight}
@@ -75,7 +84,7 @@ class GenePriors:
         else:
             graph = GeneGraph(meta["genes"], "edges", edge_index=arrays["edge_index"],
                               edge_weight=arrays["edge_weight"], meta=meta["graph_meta"])
-        return cls(meta["genes"], meta["gene_sets"], M, graph)
+        return cls(meta["genes"], meta["gene_sets"], M, graph, meta.get("names", {}))
 
 
 def build_priors(
@@ -91,6 +100,7 @@ def build_priors(
     X: np.ndarray | None = None,
     k: int = 10,
     weighting: str = "inverse_size",
+    pathway_names: str | Path | Mapping[str, str] | None = None,
 ) -> GenePriors:
     """Build the priors for a cohort's genes.
 
@@ -106,6 +116,9 @@ def build_priors(
         ``"pathways"``: weighted co-membership of the restricted sets (``weighting``).
         ``"edge_list"``: a STRING-format file ``edge_list`` (``min_score``, ``id_map``).
         ``"knn"``: co-expression kNN on the *training* matrix ``X`` (n_samples, G) with ``k`` neighbours.
+    pathway_names : path or mapping, optional
+        Pathway ID -> name, added to (and overriding) the names the gene-set source carries, e.g. KEGG's
+        ``list/pathway/hsa`` output (:func:`~genexflow.priors.names.read_pathway_names`).
 
     Examples
     --------
@@ -136,4 +149,7 @@ def build_priors(
         g = knn_coexpression_graph(X, genes, k=k)
     else:
         raise InputError(f"unknown graph source {graph!r}; use one of {', '.join(GRAPH_SOURCES)}")
-    return GenePriors(genes, kept, M, g)
+    names = {} if isinstance(gene_sets, Mapping) else gene_set_names(gene_sets, id_type=id_type)
+    if pathway_names is not None:
+        names |= dict(pathway_names) if isinstance(pathway_names, Mapping) else read_pathway_names(pathway_names)
+    return GenePriors(genes, kept, M, g, {p: names[p] for p in kept if names.get(p)})

@@ -9,6 +9,8 @@ without duplicates). Restrict it to a cohort's genes with :func:`restrict_gene_s
 from __future__ import annotations
 
 import gzip
+import hashlib
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from genexflow.errors import InputError
+from genexflow.priors.names import names_from_descriptions
 
 #: Shipped collections: name -> {id_type: file name under ``genexflow/priors/data``}.
 SHIPPED: dict[str, dict[str, str]] = {
@@ -41,13 +44,33 @@ def _open_text(path) -> str:
     return raw.decode("utf-8")
 
 
+#: Provenance of the shipped collections (recorded with every training run, with the file's sha256).
+PROVENANCE: dict[str, dict[str, str]] = {
+    "kegg": {"version": "KEGG GENOME 2011-Mar15 (org.Hs.eg.db 3.16.0)",
+             "license": "Artistic-2.0 package; KEGG content is KEGG's (2011 snapshot distributed freely)"},
+    "go_bp": {"version": "GO 2022-07-01 (org.Hs.eg.db 3.16.0, GO.db 3.16.0), 15-500 genes",
+              "license": "CC BY 4.0 (Gene Ontology Consortium)"},
+    "progeny": {"version": "progeny 1.20.0, human top 100", "license": "Apache-2.0"},
+}
+_REACTOME_ID = re.compile(r"^R-[A-Z]{3}-\d+$")
+
+
 def parse_gmt(text: str, source: str = "GMT") -> dict[str, list[str]]:
     """Parse GMT text: one set per line, ``name<TAB>description<TAB>gene<TAB>gene…``.
 
     Empty gene fields and duplicate members are dropped (first occurrence kept); a repeated set name is an
-    error because it would silently merge two different sets.
+    error because it would silently merge two different sets. Reactome's ``ReactomePathways.gmt`` (pathway
+    name first, stable ID ``R-HSA-…`` second) is recognised and keyed by the stable ID
+    (:func:`parse_gmt_with_descriptions` returns the names too).
     """
+    return parse_gmt_with_descriptions(text, source)[0]
+
+
+def parse_gmt_with_descriptions(text: str, source: str = "GMT") -> tuple[dict[str, list[str]], dict[str, str]]:
+    """:func:`parse_gmt` plus the description column (set ID -> description; for Reactome's GMT, the
+    pathway name)."""
     sets: dict[str, list[str]] = {}
+    desc: dict[str, str] = {}
     # One str object per gene: GO-BP repeats ~16k genes ~470k times; interning keeps the dict ~5x smaller.
     intern = sys.intern
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -60,9 +83,15 @@ def parse_gmt(text: str, source: str = "GMT") -> dict[str, list[str]]:
         if name in sets:
             raise InputError(f"{source} line {lineno}: gene set {name!r} appears twice; give sets unique names")
         sets[name] = list(dict.fromkeys(intern(g.strip()) for g in parts[2:] if g.strip()))
+        desc[name] = parts[1].strip()
     if not sets:
         raise InputError(f"{source} contains no gene sets; expected GMT lines 'name<TAB>description<TAB>genes…'")
-    return sets
+    if all(_REACTOME_ID.match(d) for d in desc.values()) and not any(_REACTOME_ID.match(n) for n in sets):
+        # ReactomePathways.gmt: "<pathway name><TAB><stable ID><TAB>genes": key by the stable ID
+        if len(set(desc.values())) < len(desc):
+            raise InputError(f"{source}: a Reactome stable ID appears on two lines")
+        return {desc[n]: g for n, g in sets.items()}, {desc[n]: n for n in sets}
+    return sets, desc
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:
@@ -102,6 +131,59 @@ def load_progeny_weights(id_type: str = "symbol") -> pd.DataFrame:
         w = w[w.index.notna()]
         w.index.name = "entrez_id"
     return w.astype(np.float64)
+
+
+def _source_bytes(name_or_path: str | Path, id_type: str = "symbol") -> tuple[str, bytes]:
+    low = str(name_or_path).lower()
+    key = _ALIASES.get(low, low)
+    if key in SHIPPED:
+        fname = SHIPPED[key]["symbol" if key == "progeny" else id_type]
+        return key, _data_path(fname).read_bytes()
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise InputError(f"gene-set file not found: {p}; pass a GMT path or one of {sorted(SHIPPED)}")
+    return "file", p.read_bytes()
+
+
+def gene_set_provenance(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, str]:
+    """What a run's priors were: collection, version, license and the sha256 of the exact bytes loaded.
+
+    Returns
+    -------
+    dict with ``collection`` (shipped name or ``file``), ``source`` (shipped file name or path),
+    ``version``, ``license``, ``sha256`` and ``id_type``.
+    """
+    key, raw = _source_bytes(name_or_path, id_type)
+    sha = hashlib.sha256(raw).hexdigest()
+    if key == "file":
+        text = raw[:4096].decode("utf-8", "replace")
+        reactome = bool(re.search(r"^[^\t\n]*\tR-[A-Z]{3}-\d+\t", text, re.MULTILINE))
+        return {"collection": "reactome" if reactome else "file", "source": str(name_or_path),
+                "version": "user file (Reactome GMT)" if reactome else "user file",
+                "license": "CC BY 4.0 (Reactome)" if reactome else "see the file's source",
+                "sha256": sha, "id_type": "as in the file"}
+    fname = SHIPPED[key]["symbol" if key == "progeny" else id_type]
+    return {"collection": key, "source": fname, **PROVENANCE[key], "sha256": sha, "id_type": id_type}
+
+
+def provenance_tags(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, str]:
+    """:func:`gene_set_provenance` as MLflow tags ``genexflow.priors.<field>`` (empty when the source
+    cannot be read: the run then says which priors it fell back to elsewhere)."""
+    try:
+        prov = gene_set_provenance(name_or_path, id_type)
+    except InputError:
+        return {}
+    return {f"genexflow.priors.{k}": v for k, v in prov.items()}
+
+
+def gene_set_names(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, str]:
+    """Set ID -> human name for a shipped collection or a GMT (see :mod:`genexflow.priors.names`); sets
+    without a known name (KEGG offline) are absent."""
+    key, raw = _source_bytes(name_or_path, id_type)
+    if key == "progeny":
+        return {pw: pw for pw in load_progeny_weights("symbol").columns}
+    text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
+    return names_from_descriptions(parse_gmt_with_descriptions(text, str(name_or_path))[1])
 
 
 def load_gene_sets(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, list[str]]:

@@ -334,8 +334,10 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
         gene_df = gene_df.sort_values(primary, ascending=False)
         gene_df["rank"] = np.arange(1, len(gene_df) + 1)
     pw = pd.DataFrame(index=pd.Index(pathways, name="pathway"))
+    names = dict(getattr(priors, "names", None) or {})  # bundles saved before names had none
     ct = None
     if len(pathways):
+        pw["name"] = [names.get(p, "") for p in pathways]
         pw["n_genes"] = M.sum(0).astype(int)
         for m, a in attrs.items():
             pw[m] = pathway_scores_from_genes(np.abs(a).mean(0), M)
@@ -346,6 +348,8 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
         ct = pathway_crosstalk(module, sub, pathways)
         if ct is not None:
             pw["crosstalk"], pairs = ct
+            pairs.insert(1, "name_a", [names.get(p, "") for p in pairs["pathway_a"]])
+            pairs.insert(3, "name_b", [names.get(p, "") for p in pairs["pathway_b"]])
         order = primary or ("attention" if "attention" in pw else None)
         if order:
             pw = pw.sort_values(order, ascending=False)
@@ -353,6 +357,7 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
     if primary and priors is not None and len(pathways):
         k = top_k_genes or max(20, int(0.05 * len(genes)))
         enr = hypergeometric_enrichment(gene_df.index[:k], genes, priors.gene_sets)
+        enr.insert(0, "name", [names.get(p, "") for p in enr.index])
         # -log10 p as a ranking column: robust to small sets nested in an informative one, which the
         # mean-|attribution| ranking favours.
         pw["enrichment"] = -np.log10(enr["p_value"].reindex(pw.index).fillna(1.0).clip(lower=1e-300))

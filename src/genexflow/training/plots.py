@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from genexflow.priors.names import pathway_label
+
 
 def _plt():
     import matplotlib
@@ -111,12 +113,16 @@ def latent_pca(latent: np.ndarray, colour_by: Mapping[str, Sequence], title: str
     return fig
 
 
-def top_bar(series: pd.Series, title: str, k: int = 20, xlabel: str = "mean |attribution|"):
-    """Horizontal bar chart of the top ``k`` entries of a score series."""
+def top_bar(series: pd.Series, title: str, k: int = 20, xlabel: str = "mean |attribution|",
+            names: Mapping[str, str] | None = None):
+    """Horizontal bar chart of the top ``k`` entries of a score series; with ``names`` (pathway ID ->
+    name) each bar reads ``"hsa04110 Cell cycle"`` instead of the bare ID."""
     plt = _plt()
     s = series.sort_values(ascending=False).head(k)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(s) + 1.2))
-    ax.barh([str(i) for i in s.index], s.to_numpy())
+    labels = [pathway_label(str(i), names) for i in s.index]
+    width = 6 + (0.06 * max(map(len, labels), default=0) if names else 0)
+    fig, ax = plt.subplots(figsize=(width, 0.28 * len(s) + 1.2))
+    ax.barh(labels, s.to_numpy())
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     fig.tight_layout()

@@ -30,6 +30,7 @@ from genexflow.metrics import (
     regression_metrics,
 )
 from genexflow.paths import workspace_dir
+from genexflow.priors.genesets import provenance_tags
 from genexflow.report import write_run_report
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
@@ -118,6 +119,7 @@ def train_and_track(
     with tracker:
         tracker.log_params({**cfg.flat_params(), "cv.folds": cv, "cv.split": split, "cv.repeats": n_repeats,
                             "hpo.trials": hpo_trials, "hpo.sampler": hpo_sampler})
+        tracker.set_tags(provenance_tags(cfg.gene_sets))  # which priors: version + sha256 of the file
         lineage = tracker.log_dataset(cohort, cohort_path) or {}
         tracker.log_environment()
 
@@ -339,7 +341,8 @@ def log_explanation(tracker: Any, ex: Any, cohort: Cohort) -> None:
                            "plots/top_genes.png")
     for col in [c for c in ("attention", ex.primary, "enrichment", "crosstalk") if c in ex.pathways]:
         tracker.log_figure(plots.top_bar(ex.pathways[col], f"top pathways ({col})",
-                                         xlabel=col if col != ex.primary else "mean |attribution|"),
+                                         xlabel=col if col != ex.primary else "mean |attribution|",
+                                         names=ex.pathways["name"].to_dict() if "name" in ex.pathways else None),
                            f"plots/top_pathways_{col}.png")
     if "truth" in cohort.meta or "informative_pathways" in cohort.meta:
         planted = list(cohort.meta.get("informative_pathways", []))
