@@ -1,10 +1,12 @@
-"""Biological priors: gene sets (KEGG, GO-BP, PROGENy shipped offline, or any GMT), gene graphs
-(pathway co-membership, STRING-format edge lists, co-expression kNN), the normalized adjacency and
-pathway scores."""
+"""Biological priors: gene sets (KEGG, GO-BP, PROGENy shipped offline, Reactome's download files, or any
+GMT) with pathway names and provenance, gene graphs (pathway co-membership, STRING networks and other
+edge lists, co-expression kNN), the normalized adjacency and pathway scores."""
 
 from genexflow.priors.bundle import GenePriors, build_priors
 from genexflow.priors.genesets import (
     SHIPPED,
+    gene_set_names,
+    gene_set_provenance,
     load_gene_sets,
     load_progeny_weights,
     membership_matrix,
@@ -22,10 +24,12 @@ from genexflow.priors.graph import (
     normalized_adjacency,
     read_edge_list,
 )
+from genexflow.priors.names import pathway_label, read_pathway_names
 from genexflow.priors.scores import PathwayScorer
 
 __all__ = [
     "SHIPPED", "CoexpressionKNNGraph", "GeneGraph", "GenePriors", "PathwayScorer", "build_priors",
+    "gene_set_names", "gene_set_provenance", "pathway_label", "read_pathway_names",
     "comembership_graph", "edge_list_graph", "knn_coexpression_graph", "load_gene_sets", "load_progeny_weights",
     "membership_matrix", "normalized_adjacency", "parse_gmt", "read_edge_list", "read_gmt",
     "restrict_gene_sets", "write_gmt",
