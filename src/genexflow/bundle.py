@@ -19,6 +19,7 @@ the batch column.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle  # nosec B403 - bundles are produced by genexflow itself and verified by sha256 before deploy
@@ -28,8 +29,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from genexflow.errors import InputError
+from genexflow.models import PathwayNet
 
 FORMAT_VERSION = 1
 
@@ -190,8 +193,6 @@ def save_bundle(folder: str | Path, info: BundleInfo, preprocessing: Any, model_
     ``pickled`` (the bytes ``preprocessing`` was loaded from) is stored unchanged; without it the pipeline
     is pickled here. ``info.preprocessing_sha256`` is set to the sha256 of the stored bytes.
     """
-    import torch
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pickled = pickled or PickledPreprocessing.of(preprocessing)
@@ -205,8 +206,6 @@ def save_bundle(folder: str | Path, info: BundleInfo, preprocessing: Any, model_
 def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
     """Read ``(info, preprocessing, model_state)`` from a bundle folder; refuses a ``preprocessing.pkl``
     whose sha256 differs from the one ``bundle.json`` records."""
-    import torch
-
     folder = Path(folder)
     if not (folder / "bundle.json").exists():
         raise InputError(f"{folder}: not a genexflow model bundle (no bundle.json)")
@@ -223,12 +222,6 @@ def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
 def module_from_state(state: dict) -> Any:
     """The one place that rebuilds the trained network from ``model.pt`` contents
     (``{"config", "state_dict", ...}``), in eval mode."""
-    import io
-
-    import torch
-
-    from genexflow.models import PathwayNet
-
     buf = io.BytesIO()
     torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
     buf.seek(0)

@@ -159,6 +159,7 @@ class Cohort:
 
     # ------------------------------------------------------------------ AnnData
     def to_anndata(self):  # -> anndata.AnnData
+        # lazy: anndata is only needed for .h5ad files
         import anndata as ad
 
         obs = self.samples.copy()
@@ -196,6 +197,7 @@ class Cohort:
 
     @classmethod
     def read_h5ad(cls, path: str | Path) -> Cohort:
+        # lazy: anndata is only needed for .h5ad files; genexflow.io imports this module (it builds Cohorts)
         import anndata as ad
 
         from genexflow.io import _check_file
@@ -210,7 +212,7 @@ class Cohort:
     # ------------------------------------------------------------------ Parquet folder
     def write(self, folder: str | Path) -> Path:
         """Write ``expression.parquet`` (samples as rows), ``samples.csv`` and ``cohort.json``."""
-        from genexflow.io import write_matrix
+        from genexflow.io import write_matrix  # lazy: genexflow.io imports this module
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -225,7 +227,7 @@ class Cohort:
     @classmethod
     def read(cls, path: str | Path) -> Cohort:
         """Read a cohort from a folder written by :meth:`write`, or an ``.h5ad`` file."""
-        from genexflow.io import read_cohort
+        from genexflow.io import read_cohort  # lazy: genexflow.io imports this module
 
         path = Path(path)
         if path.suffix == ".h5ad":

@@ -7,10 +7,12 @@ chunk and memory stays bounded (a 2,048-gene chunk of 5,000 samples is 40 MB).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import special
 
 from genexflow.cohort import ValueType
@@ -110,8 +112,6 @@ def sample_offsets(X: np.ndarray, anchor_cols: np.ndarray, anchor_mean: np.ndarr
     Y = log_chunk(X, anchor_cols, value_type, lib)
     Y -= anchor_mean.astype(np.float32)[:, None]
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             off = np.nanmedian(Y, axis=0)
@@ -142,8 +142,6 @@ def sketch_chunk(Y: np.ndarray, probs: np.ndarray, grid: np.ndarray | None = Non
     grid : ndarray of shape (g, m), optional
         Values at which the empirical CDF ``F(x) = #{y <= x} / n`` and ``F(x-) = #{y < x} / n`` are taken.
     """
-    import torch
-
     nan = np.isnan(Y)
     n_valid = Y.shape[1] - nan.sum(1)
     Y[nan] = np.inf  # sorts last; finite queries never count it

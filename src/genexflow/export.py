@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from genexflow import __version__
 from genexflow.bundle import BundleInfo, load_bundle, module_from_state
 from genexflow.errors import InputError
 
@@ -84,6 +86,7 @@ class ServingArtifact:
 
 def onnx_io(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec], int]:
     """Inputs, outputs and default-domain opset of an ONNX file (shapes: -1 for symbolic dims)."""
+    # lazy: onnx is only needed for export
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -117,8 +120,6 @@ class ServingModule:
         (batch_index)``: how each row's batch was corrected (1 training batch, 2 an unseen batch estimated
         from the request, 0 an unseen batch passed through uncorrected).
         """
-        import torch
-
         class _Serving(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
@@ -171,8 +172,6 @@ def _empty_cov(expression):
 
 def _split_output(out: Any) -> tuple[Any, Any]:
     """(logits, latent) from a tensor, tuple, dict or dataclass model output."""
-    import torch
-
     if isinstance(out, torch.Tensor):
         return out, None
     if isinstance(out, dict):
@@ -206,8 +205,6 @@ def export_graph(module: Any, feeds: dict[str, np.ndarray], path: str | Path, ou
     The TorchScript-based exporter (``dynamo=False``) is used: it needs no onnxscript and keeps the
     edge-list message passing exact (repeated scatter targets are summed).
     """
-    import torch
-
     if opset < 17:
         raise InputError(f"opset must be >= 17, got {opset}")
     path = Path(path)
@@ -311,8 +308,6 @@ def example_inputs(info: BundleInfo, n: int, *, use_covariates: bool = True, use
 
 
 def write_sidecar(artifact: ServingArtifact) -> Path:
-    from genexflow import __version__
-
     doc = {
         "format": SIDECAR_FORMAT,
         "onnx": {
@@ -367,6 +362,7 @@ def ort_session(path: str | Path, threads: int = 1, arena: bool = True) -> Any:
 
     ``arena=False`` returns activation memory after each run (bounded RSS for long streaming jobs).
     """
+    # lazy: onnxruntime is only needed to run exported graphs
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

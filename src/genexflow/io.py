@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io as _io
 import os
 import re
 import tempfile
@@ -19,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
@@ -262,9 +265,6 @@ def parquet_labels(schema) -> tuple[str, str, set[str]]:
 
 
 def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFrame, str]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
@@ -322,8 +322,6 @@ def _read_parquet(path: Path, orientation: str, sample_ids) -> tuple[pd.DataFram
 
 
 def _is_number_type(t) -> bool:
-    import pyarrow as pa
-
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
@@ -393,9 +391,6 @@ def write_matrix(df: pd.DataFrame, path: str | Path, inputs: Iterable[str | Path
     out.columns = out.columns.astype(str)
     with atomic_output(path) as tmp:
         if path.suffix in (".parquet", ".pq"):
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             dtypes = set(out.dtypes)
             if len(dtypes) == 1 and np.issubdtype(next(iter(dtypes)), np.number):
                 # One numeric dtype (every expression matrix): build the columns from one transposed copy.
@@ -428,7 +423,6 @@ def read_sample_sheet(path: str | Path, id_column: str | None = None, check_uniq
             f"{path}: sample sheet is not UTF-8 ({exc.reason} at byte {exc.start}); "
             "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from exc
-    import io as _io
 
     try:
         df = pd.read_csv(_io.StringIO(text), sep=_sep_for(path), dtype={0: str})

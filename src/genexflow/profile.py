@@ -34,11 +34,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.utils.extmath import randomized_svd
 
 from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
 from genexflow.metrics import evaluate_labels
+from genexflow.priors.genesets import load_gene_sets, membership_matrix, restrict_gene_sets
 
 PROFILE_VERSION = 1
 QC_COLUMNS = ("qc_log10_library_size", "qc_detected_fraction", "qc_missing_fraction", "qc_mean_log_expression",
@@ -274,7 +277,6 @@ def _detection_threshold(X: np.ndarray, value_type: ValueType, seed: int = 0) ->
 def _restricted_sets(gene_sets: Any, genes: Sequence[str], min_size: int, max_size: int) -> dict[str, list[str]]:
     if gene_sets is None:
         return {}
-    from genexflow.priors.genesets import load_gene_sets, restrict_gene_sets
 
     sets = load_gene_sets(gene_sets) if isinstance(gene_sets, str | Path) else dict(gene_sets)
     return restrict_gene_sets(sets, genes, min_size=min_size, max_size=max_size)
@@ -336,7 +338,6 @@ def _features_pass(
     s2 = np.zeros(n)
     cnt = np.zeros(n)
     det = np.zeros(n)
-    from genexflow.priors.genesets import membership_matrix
 
     names = list(gene_sets)
     M = membership_matrix(gene_sets, list(genes)) if names else np.zeros((len(genes), 0), np.float32)
@@ -400,8 +401,6 @@ def _features_pass(
 
 def _fit_pca(Z: np.ndarray, fit_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Loadings (n_genes, k) of a PCA on rows ``fit_rows`` of standardized ``Z`` and their centre."""
-    from sklearn.utils.extmath import randomized_svd
-
     Zf = Z[fit_rows]
     center = Zf.mean(0)
     k = max(1, min(k, Zf.shape[0] - 1, Zf.shape[1]))
@@ -541,7 +540,6 @@ def build_reference_profile(
     n_valid = np.empty(g, np.int64)
     mean = np.empty(g)
     var = np.empty(g)
-    import torch
 
     for sl, Y in K.iter_log_chunks(X, cols, vt, lib, offset):
         sk = K.sketch_chunk(Y, probs)  # sorts Y in place (NaN -> inf)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from genexflow.cohort import Cohort, ValueType
+from genexflow.errors import InputError
 from genexflow.io import read_cohort, read_sample_sheet
 
 _CITATIONS = {
@@ -80,8 +81,6 @@ LOADERS = {"golub": load_golub, "geuvadis_sex": load_geuvadis_sex, "bladderbatch
 
 def load(name: str) -> Cohort:
     """Load a shipped cohort by name (``golub``, ``geuvadis_sex``, ``bladderbatch``)."""
-    from genexflow.errors import InputError
-
     if name not in LOADERS:
         raise InputError(f"unknown dataset {name!r}; shipped: {', '.join(LOADERS)}")
     return LOADERS[name]()

@@ -272,6 +272,7 @@ class Validator:
 
     def __init__(self) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        # lazy: great_expectations takes seconds to import
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -324,6 +325,7 @@ class Validator:
 
 # --------------------------------------------------------------------------- suites
 def _E():
+    # lazy: great_expectations takes seconds to import
     import great_expectations.expectations as gxe
 
     return gxe

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from genexflow.cohort import ValueType
 from genexflow.errors import InputError
@@ -462,8 +463,6 @@ def collapse_duplicates(
         block = X[:, pick]
         out_dtype = X.dtype
     else:
-        import scipy.sparse as sp
-
         gidx = np.searchsorted(multi, grp)
         G = sp.csr_matrix((np.ones(len(cols)), (np.arange(len(cols)), gidx)), shape=(len(cols), len(multi)))
         missing = np.isnan(sub)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genexflow import __version__
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError, ValidationError
 from genexflow.ingest import expectations as ex
@@ -37,8 +38,11 @@ from genexflow.ingest.gene_ids import (
     default_duplicate_policy,
     map_gene_ids,
 )
+from genexflow.ingest.lineage import dvc_md5, file_md5, record_dvc
 from genexflow.ingest.quarantine import QuarantineRecord, write_quarantine
+from genexflow.ingest.report import render_html
 from genexflow.ingest.values import bad_cells, describe, detect_value_type, missing_cells
+from genexflow.io import read_matrix, read_sample_sheet
 
 COHORT_FILES = ("expression.parquet", "samples.csv", "cohort.json")
 
@@ -170,8 +174,6 @@ class _Inputs:
 
 
 def _md5_file(path: Path) -> str:
-    from genexflow.ingest.lineage import file_md5
-
     return file_md5(path)
 
 
@@ -190,8 +192,6 @@ def _md5_frame(df: pd.DataFrame) -> str:
 
 def _load_inputs(expression, samples, value_type, cfg: IngestConfig, quarantine_root: Path, run_id: str | None):
     """Read the inputs; a file that cannot be read is copied to the quarantine before the error is raised."""
-    from genexflow.io import read_matrix, read_sample_sheet
-
     notes: list[str] = []
     files: dict = {}
     digests: dict = {}
@@ -547,8 +547,6 @@ def ingest(
         (out_dir / fname).unlink(missing_ok=True)
     cohort.write(out_dir)
 
-    from genexflow.ingest.lineage import dvc_md5, record_dvc
-
     md5 = dvc_md5(out_dir)
     report["quarantine"] = lineage_meta["quarantine"]
     report["validated"] = {"path": str(out_dir), "dvc_md5": md5, "n_samples": cohort.n_samples,
@@ -577,8 +575,6 @@ def ingest(
 
 # --------------------------------------------------------------------------- helpers
 def _version() -> str:
-    from genexflow import __version__
-
     return __version__
 
 
@@ -662,8 +658,6 @@ def _quarantine_summary(records: list[QuarantineRecord], qpath: Path | None) -> 
 
 
 def _write_report(report: dict, report_dir: Path) -> tuple[Path, Path]:
-    from genexflow.ingest.report import render_html
-
     report_dir.mkdir(parents=True, exist_ok=True)
     rjson = report_dir / "validation.json"
     rjson.write_text(json.dumps(report, indent=1, default=_json_default))

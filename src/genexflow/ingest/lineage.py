@@ -15,7 +15,9 @@ import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from genexflow.errors import GenexflowError
+import yaml
+
+from genexflow.errors import GenexflowError, InputError
 
 
 class LineageError(GenexflowError):
@@ -37,6 +39,7 @@ def dvc_md5(path: str | Path) -> str:
     Uses dvc-data's tree hashing (a dry-run build into a throw-away object store), so the value is the
     one ``dvc add path`` writes, in or outside a DVC repository.
     """
+    # lazy: dvc takes seconds to import
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs import localfs
@@ -77,11 +80,10 @@ def dvc_add(target: str | Path, root: str | Path, push: bool = False) -> dict:
     Raises :class:`LineageError` with DVC's message when DVC refuses (a lock held by another dvc process,
     an overlapping output, a missing remote).
     """
-    import yaml
-
     root = Path(root).resolve()
     target = Path(target).resolve()
     rel = target.relative_to(root)
+    # lazy: dvc takes seconds to import
     from dvc.repo import Repo
 
     push_error = None
@@ -122,8 +124,6 @@ def record_dvc(validated: str | Path, mode: str = "auto", push: bool = False, da
     dict with ``md5`` (DVC md5 of ``validated``) and ``dvc`` (the ``dvc add`` record or a note).
     """
     if mode not in ("auto", "add", "off"):
-        from genexflow.errors import InputError
-
         raise InputError(f"dvc mode must be auto, add or off, got {mode!r}")
     record: dict = {"path": str(validated), "md5": dvc_md5(validated)}
     if mode == "off":

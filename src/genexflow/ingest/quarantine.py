@@ -23,6 +23,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genexflow.errors import InputError
 
 REASON_COLUMNS = ["kind", "id", "suite", "check", "column", "value", "message"]
 KINDS = ("sample", "sheet_row", "gene", "file")
@@ -56,9 +60,6 @@ def _scalar(v: Any) -> Any:
 
 def _write_wide(path: Path, first: str, labels, columns, values: np.ndarray) -> None:
     """Parquet with repeated column names allowed (the input may repeat a gene ID)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = [pa.array(np.asarray(labels, dtype=object).astype(str))]
     arrays += [pa.array(values[:, j]) for j in range(values.shape[1])]
@@ -104,8 +105,6 @@ def write_quarantine(
     folder = Path(folder)
     if folder.exists():
         if not _is_ours(folder):
-            from genexflow.errors import InputError
-
             raise InputError(f"{folder}: exists and is not a genexflow quarantine folder; choose another run id")
         shutil.rmtree(folder)
     if not records and not files:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from genexflow.errors import InputError
+from genexflow.export import export_graph, run_onnx
 
 INPUT_NAMES = ("expression", "covariates")
 
@@ -114,8 +115,6 @@ def export_onnx(
         The written file. Inputs ``expression`` (B, G), ``covariates`` (B, C); outputs as
         :class:`ServingModule` lists.
     """
-    from genexflow.export import export_graph
-
     G, C = _check_sizes(module, n_genes, n_covariates)
     wrapper = ServingModule(module, include_latent, include_attention)
     x, c = example_inputs(G, C)
@@ -141,8 +140,6 @@ def verify_onnx(module: nn.Module, path: str | Path, expression: Tensor | np.nda
     ----------
     expression : array of shape (B, G); covariates : array of shape (B, C), optional when C = 0
     """
-    from genexflow.export import run_onnx
-
     x = torch.as_tensor(np.asarray(expression, np.float32))
     cov = torch.zeros(x.shape[0], module.config.n_covariates) if covariates is None else \
         torch.as_tensor(np.asarray(covariates, np.float32))

@@ -35,6 +35,7 @@ from genexflow.models.layers import (
     TransformerEncoderLayer,
     make_propagation,
 )
+from genexflow.priors.graph import GeneGraph, comembership_graph
 
 
 class PathwayNetOutput(NamedTuple):
@@ -110,7 +111,6 @@ class PathwayNet(nn.Module):
 
     def __init__(self, config: PathwayNetConfig, membership: np.ndarray, graph=None):
         super().__init__()
-        from genexflow.priors.graph import GeneGraph, comembership_graph
 
         M = np.asarray(membership, np.float32)
         if M.shape != (config.n_genes, config.n_pathways):

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 from scipy.special import betainc, gammaln
+from scipy.stats import nbinom
 
 LOW_VALUE = 1e-10
 
@@ -585,8 +586,6 @@ def pnbinom(q: np.ndarray, size: np.ndarray, mu: np.ndarray) -> np.ndarray:
 
 def qnbinom(p: np.ndarray, size: np.ndarray, mu: np.ndarray) -> np.ndarray:
     """R ``qnbinom(p, size=, mu=)`` (lower tail): smallest integer ``y`` with ``F(y) >= p (1 - 8 eps)``."""
-    from scipy.stats import nbinom
-
     p = np.asarray(p, float)
     size = np.broadcast_to(size, p.shape).astype(float)
     mu = np.broadcast_to(mu, p.shape).astype(float)

@@ -107,6 +107,7 @@ def single_threaded_blas():
     2-core machine a second BLAS thread makes them 10x slower through contention, never faster.
     """
     global _CONTROLLER
+    # lazy: only needed to pin BLAS threads
     from threadpoolctl import ThreadpoolController
 
     if _CONTROLLER is None:

@@ -22,6 +22,7 @@ samples equals edgeR on them and a new sample is normalized without looking at o
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
@@ -382,8 +383,6 @@ def read_gene_lengths(path: str | Path, column: str | None = None) -> pd.Series:
     convention), ``mean_length``, ``effective_length``.
     """
     if str(path) in SHIPPED_LENGTHS:
-        from importlib.resources import files
-
         path = Path(str(files("genexflow.preprocessing") / "data" / SHIPPED_LENGTHS[str(path)]))
     path = Path(path)
     if not path.exists():

@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genexflow.bundle import encode_covariates, fit_covariates
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
+from genexflow.preprocessing import torch_ops as T
 from genexflow.preprocessing._utils import as_matrix, check_fitted
 from genexflow.preprocessing.combat import ComBat
 from genexflow.preprocessing.combat_seq import ComBatSeq
@@ -280,8 +282,6 @@ class PreprocessingPipeline:
             # by encode_covariates (numeric standardized, categorical one-hot over sorted categories)
             self.batch_levels_ = sorted(str(b) for b in self.combat_.batches_)
             if self.covariates_:
-                from genexflow.bundle import fit_covariates
-
                 self.covariate_specs_ = fit_covariates(cohort.samples, self.covariates_)
 
         # 5. scale
@@ -405,7 +405,6 @@ class PreprocessingPipeline:
         check_fitted(self, "genes_out_")
         if not self.covariate_specs_:
             return np.zeros((n, 0), np.float32)
-        from genexflow.bundle import encode_covariates
 
         if covariates is None:
             raise InputError(f"covariates {', '.join(self.covariates_)} are needed")
@@ -520,8 +519,6 @@ class PreprocessingPipeline:
         when ComBat uses covariates. Returns (B, len(genes_out_)) float32. The module's
         ``takes_batch``/``takes_covariates`` flags tell :mod:`genexflow.export` which inputs to wire.
         """
-        from genexflow.preprocessing import torch_ops as T
-
         check_fitted(self, "genes_out_")
         steps = []
         if self.filter_ is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import silhouette_score
 
 from genexflow.errors import InputError
 from genexflow.preprocessing._utils import as_labels, as_matrix
@@ -32,8 +33,6 @@ def _pca(X: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _silhouette(Z: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
     if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= len(labels):
         return float("nan")
     return float(silhouette_score(Z, labels, metric="euclidean"))
@@ -60,9 +59,11 @@ def batch_correction_report(
         ``{"before": {"batch_silhouette", "biology_silhouette", "explained_variance"}, "after": {...},
         "batch_silhouette_change", "biology_silhouette_change", "png", "json"}``.
     """
+    # lazy: matplotlib is only needed for plots
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib is only needed for plots
     import matplotlib.pyplot as plt
 
     A, _ = as_matrix(X_before, "matrix before correction")

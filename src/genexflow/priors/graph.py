@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 
 from genexflow.errors import InputError, NotFittedError
+from genexflow.priors.genesets import membership_matrix
 
 GRAPH_KINDS = ("membership", "edges")
 
@@ -63,17 +65,12 @@ def normalized_adjacency(A: Any, add_self_loops: bool = True) -> Any:
         np.divide(1.0, np.sqrt(deg), out=s, where=deg > 0)
         Dm = sp.diags(s)
         return sp.csr_matrix(Dm @ A @ Dm)
-    try:
-        import torch
-
-        if isinstance(A, torch.Tensor):
-            if add_self_loops:
-                A = A + torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-            deg = A.sum(dim=1)
-            s = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
-            return s[:, None] * A * s[None, :]
-    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep the function numpy-only safe
-        pass
+    if isinstance(A, torch.Tensor):
+        if add_self_loops:
+            A = A + torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+        deg = A.sum(dim=1)
+        s = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
+        return s[:, None] * A * s[None, :]
     A = np.asarray(A)
     if add_self_loops:
         A = A + np.eye(A.shape[0], dtype=A.dtype)
@@ -228,8 +225,6 @@ def comembership_graph(
         ``"inverse_size"``: ``w_k = 1/|S_k|``, so every set adds about 1 to each member's degree and large
         sets do not swamp the graph (default). ``"count"``: ``w_k = 1``, the number of shared sets.
     """
-    from genexflow.priors.genesets import membership_matrix
-
     if isinstance(sets, np.ndarray):
         M = np.asarray(sets, dtype=np.float32)  # no copy for the float32 matrix of build_priors
         names = list(pathways) if pathways is not None else [f"set{k}" for k in range(M.shape[1])]

@@ -14,6 +14,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import subprocess  # nosec B404 - fixed argv lists, never a shell
@@ -44,8 +45,6 @@ def sqlalchemy_uri(uri: str) -> str:
     ships ``psycopg2-binary``.
     """
     if uri.startswith(("postgresql://", "postgres://")):
-        import importlib.util
-
         if importlib.util.find_spec("psycopg") is None:
             return "postgresql+psycopg2://" + uri.split("://", 1)[1]
     return uri

@@ -145,6 +145,7 @@ class PostgresServer:
         """Create database ``name`` (lower-case identifier) and return its URL."""
         if not _SAFE_NAME.match(name):
             raise StackError(f"database name {name!r} must be a lower-case identifier")
+        # lazy: psycopg2 is only needed for a PostgreSQL store
         import psycopg2
 
         conn = psycopg2.connect(self.url())
