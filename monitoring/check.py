@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from genexflow.cohort import Cohort
-from genexflow.errors import InputError
+from genexflow.errors import GenexflowError, InputError
+from genexflow.io import read_cohort
+from genexflow.monitoring import metrics as drift_metrics
 from genexflow.monitoring.detectors import (
     CovariateShiftDetector,
     DriftReport,
@@ -30,6 +32,7 @@ from genexflow.monitoring.detectors import (
 )
 from genexflow.monitoring.policy import DriftDecision, DriftPolicy
 from genexflow.profile import ReferenceProfile
+from genexflow.training.model import TrainedModel
 
 DEFAULT_EXPERIMENT = "genexflow-drift"
 
@@ -86,7 +89,6 @@ def _as_cohort(new: Any, samples: Any = None, value_type: str | None = None) -> 
     ``value_type`` (the reference's: a bare matrix does not say what its numbers are)."""
     if isinstance(new, Cohort):
         return new
-    from genexflow.io import read_cohort
 
     path = Path(new)
     if not path.exists():
@@ -164,12 +166,6 @@ def model_outputs_from_bundle(bundle: Path, cohort: Cohort) -> ModelOutputs:
     (:meth:`genexflow.training.model.TrainedModel.predict_arrays`), with the bundle's cross-validated
     metrics as the performance reference. A model that cannot score the cohort (e.g. a covariate column
     is missing) does not stop the check: the error is reported and the model-free detectors still run."""
-    from genexflow.errors import GenexflowError
-
-    try:
-        from genexflow.training.model import TrainedModel
-    except ImportError as exc:
-        return ModelOutputs(error=f"model code not available ({exc})")
     try:
         model = TrainedModel.load(bundle)
         out = model.predict_arrays(cohort)
@@ -230,8 +226,6 @@ def drift_check(
     -------
     DriftResult
     """
-    from genexflow.monitoring import metrics as drift_metrics
-
     policy = policy or DriftPolicy()
     t0 = time.time()
     profile, bundle, ref_desc = resolve_reference(reference_or_bundle)
@@ -294,6 +288,7 @@ def _write_reports(out: Path, reports: dict[str, DriftReport], decision: DriftDe
 
 def _log_mlflow(result: DriftResult, policy: DriftPolicy, tracking_uri: str | None, experiment: str,
                 tags: dict[str, str]) -> str:
+    # lazy: mlflow takes seconds to import
     import mlflow
 
     if tracking_uri:
@@ -332,8 +327,6 @@ def _log_mlflow(result: DriftResult, policy: DriftPolicy, tracking_uri: str | No
 def record_trigger(result: DriftResult, trigger: Any, mlflow_tracking_uri: str | None = None) -> None:
     """Add a :class:`~genexflow.pipelines.trigger.TriggerResult` to a check's outputs: ``decision.json``
     (``trigger``), ``drift.prom`` (retrain timestamp) and the MLflow run's tags."""
-    from genexflow.monitoring import metrics as drift_metrics
-
     result.trigger = trigger
     path = result.out_dir / "decision.json"
     data = json.loads(path.read_text())
@@ -341,6 +334,7 @@ def record_trigger(result: DriftResult, trigger: Any, mlflow_tracking_uri: str |
     path.write_text(json.dumps(data, indent=1, default=str))
     drift_metrics.write_textfile(result, result.out_dir / "drift.prom")
     if result.mlflow_run_id and mlflow_tracking_uri != "none":
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=mlflow_tracking_uri) if mlflow_tracking_uri else mlflow.MlflowClient()

@@ -16,17 +16,22 @@ Reports carry numbers, not verdicts: :mod:`genexflow.monitoring.policy` turns th
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+from sklearn.neighbors import NearestNeighbors
 
 from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError, NotFittedError
+from genexflow.priors.genesets import membership_matrix
 from genexflow.profile import (
+    FEATURE_GROUPS,
     ReferenceProfile,
     _gene_positions,
     new_sample_offsets,
@@ -245,10 +250,6 @@ class GeneDriftDetector:
 
     def _enrichment(self, table: pd.DataFrame, tested: np.ndarray, drifted: np.ndarray) -> pd.DataFrame:
         """Hypergeometric enrichment of drifted genes in each gene set (among tested genes)."""
-        from scipy import stats
-
-        from genexflow.priors.genesets import membership_matrix
-
         cols = ["size", "n_drifted", "fraction_drifted", "mean_ks", "pvalue", "qvalue"]
         sets = self.reference_.gene_sets
         if not sets or not tested.any():
@@ -318,8 +319,6 @@ class FeatureDriftReport(DriftReport):
 
 
 def _group_of(col: str) -> str:
-    from genexflow.profile import FEATURE_GROUPS
-
     for g, prefix in FEATURE_GROUPS.items():
         if col.startswith(prefix):
             return g
@@ -353,7 +352,6 @@ class FeatureDriftDetector:
 
     def fit(self, reference: ReferenceProfile | str | Path) -> FeatureDriftDetector:
         ref = _check_profile(reference)
-        from genexflow.profile import FEATURE_GROUPS
 
         unknown = set(self.groups) - set(FEATURE_GROUPS)
         if unknown:
@@ -388,6 +386,7 @@ class FeatureDriftDetector:
         skipped = sorted({_group_of(c) for c in self.columns_ if c not in cols})
         if not cols:
             raise InputError("the new features share no column with the reference profile")
+        # lazy: evidently takes seconds to import
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
 
@@ -401,8 +400,6 @@ class FeatureDriftDetector:
         report = Report([DataDriftPreset(drift_share=self.drift_share, method=self.method,
                                          threshold=self.threshold)], include_tests=True)
         with np.errstate(all="ignore"):
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 snap = report.run(current_data=Dataset.from_pandas(cur, data_definition=definition),
@@ -539,8 +536,6 @@ class CovariateShiftDetector:
         return self
 
     def score(self, new: Cohort | pd.DataFrame) -> CovariateReport:
-        from scipy import stats
-
         _check_fitted(self, "reference_")
         samples = _samples_of(new)
         rows = {}
@@ -659,8 +654,6 @@ class LatentNoveltyDetector:
         return np.column_stack(parts)
 
     def _calibrate(self, space: str) -> dict[str, Any]:
-        from sklearn.neighbors import NearestNeighbors
-
         ref = self.reference_
         cols = self.spaces_[space]
         Z = ref.features[cols].to_numpy(np.float64)
@@ -701,8 +694,6 @@ class LatentNoveltyDetector:
         """Score new samples; ``new`` are features from :meth:`ReferenceProfile.compute_features`.
 
         ``scores`` in the report are the combined calibration ranks in [0, 1]."""
-        from scipy import stats
-
         _check_fitted(self, "reference_")
         if not isinstance(new, pd.DataFrame):
             raise InputError("LatentNoveltyDetector.score needs the compact features DataFrame")

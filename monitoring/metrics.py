@@ -173,6 +173,7 @@ def serve_metrics(state_dir: str | Path, port: int = 9108, host: str = "127.0.0.
 
     Bound to 127.0.0.1 by default: expose it through a sidecar / ServiceMonitor, not a public interface.
     """
+    # lazy: prometheus_client is only needed for metrics export
     from prometheus_client import start_http_server
 
     reg = CollectorRegistry()

@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import yaml
+
 from genexflow.errors import InputError
 
 REASON_KINDS = ("schema", "gene", "feature", "batch", "covariate", "novelty", "performance")
@@ -116,8 +119,6 @@ class DriftPolicy:
     @classmethod
     def from_file(cls, path: str | Path) -> DriftPolicy:
         """Read a YAML or JSON policy file (a mapping of field -> value; ``policy:`` nesting allowed)."""
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: policy file not found")
@@ -258,8 +259,6 @@ class DriftDecision:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, ort_session
-from genexflow.io import atomic_output, check_output, parquet_labels
+from genexflow.io import atomic_output, check_output, parquet_labels, read_sample_sheet
+from genexflow.serving.client import TritonClient
 from genexflow.serving.inputs import build_inputs, output_frame
 
 PARTS_SUFFIX = ".parts"
@@ -93,14 +97,10 @@ class CohortSource:
     def _sheet(self) -> pd.DataFrame | None:
         if self.samples_path is None:
             return None
-        from genexflow.io import read_sample_sheet
 
         return read_sample_sheet(self.samples_path)
 
     def _parquet(self, **kw: Any):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
             return pq.ParquetFile(self.matrix, **kw)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -110,6 +110,7 @@ class CohortSource:
     def n_rows(self) -> int:
         if self.kind == "parquet":
             return self._parquet().metadata.num_rows
+        # lazy: anndata is only needed for .h5ad files
         import anndata as ad
 
         a = ad.read_h5ad(self.matrix, backed="r")
@@ -163,6 +164,7 @@ class CohortSource:
             yield Chunk(i, frame, samples)
 
     def _h5ad_chunks(self, genes: list[str], chunk_size: int, skip: set[int]) -> Iterator[Chunk]:
+        # lazy: anndata is only needed for .h5ad files
         import anndata as ad
 
         a = ad.read_h5ad(self.matrix, backed="r")
@@ -218,8 +220,6 @@ class TritonRunner:
 
     def __init__(self, url: str, model_name: str, protocol: str | None = None, request_size: int = 256,
                  timeout_s: float = 60.0, retries: int = 3) -> None:
-        from genexflow.serving.client import TritonClient
-
         self.url, self.model_name, self.protocol = url, model_name, protocol
         self.request_size = request_size
         self.kw = {"timeout_s": timeout_s, "retries": retries}
@@ -237,8 +237,6 @@ class TritonRunner:
         return f"{self.url}/{self.model_name}"
 
     def _client(self) -> Any:
-        from genexflow.serving.client import TritonClient
-
         c = getattr(self._local, "client", None)
         if c is None:
             c = self._local.client = TritonClient(self.url, self.model_name, self.protocol, **self.kw)
@@ -281,8 +279,6 @@ def score_cohort(source: CohortSource | str | Path, output: str | Path, runner: 
     stop_after_chunks : int, optional
         Stop (as if interrupted) after this many chunks were written in this call; for tests and drills.
     """
-    import time
-
     if chunk_size < 1 or concurrency < 1:
         raise InputError("chunk-size and concurrency must be >= 1")
     src = source if isinstance(source, CohortSource) else CohortSource(source)
@@ -383,8 +379,6 @@ def _part_path(parts: Path, index: int) -> Path:
 
 
 def _part_rows(parts: Path, index: int) -> int:
-    import pyarrow.parquet as pq
-
     return pq.ParquetFile(_part_path(parts, index)).metadata.num_rows
 
 
@@ -398,8 +392,6 @@ def _write_part(parts: Path, index: int, df: pd.DataFrame) -> None:
 
 
 def _merge(parts: Path, output: Path, n_chunks: int) -> int:
-    import pyarrow.parquet as pq
-
     n = 0
     with atomic_output(output) as tmp:
         writer = None

@@ -11,6 +11,7 @@ retried with exponential backoff.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -98,10 +99,12 @@ class TritonClient:
     def client(self) -> Any:
         if self._client is None:
             if self.protocol == "grpc":
+                # lazy: tritonclient (and its protobuf messages) takes seconds to import
                 import tritonclient.grpc as tc
 
                 self._client = tc.InferenceServerClient(self.address)
             else:
+                # lazy: tritonclient (and its protobuf messages) takes seconds to import
                 import tritonclient.http as tc
 
                 self._client = tc.InferenceServerClient(
@@ -124,6 +127,7 @@ class TritonClient:
 
     def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         """Call a tritonclient method with retries on transport errors; Triton rejections raise at once."""
+        # lazy: tritonclient (and its protobuf messages) takes seconds to import
         from tritonclient.utils import InferenceServerException
 
         delay = self.backoff_s
@@ -205,6 +209,7 @@ class TritonClient:
     def model_config(self) -> dict:
         cfg = self._call("get_model_config", self.model_name)
         if self.protocol == "grpc":
+            # lazy: tritonclient (and its protobuf messages) takes seconds to import
             from google.protobuf.json_format import MessageToDict
 
             return MessageToDict(cfg.config, preserving_proto_field_name=True)
@@ -217,7 +222,6 @@ class TritonClient:
             self._contracts.clear()
             cfg = self.model_config()
             params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
-            import json
 
             vmap = json.loads(params.get("genexflow_versions", "{}") or "{}")
             ready = self.ready_versions()
@@ -242,8 +246,10 @@ class TritonClient:
               outputs: list[str] | None = None) -> tuple[dict[str, np.ndarray], int]:
         """One request: ``feeds`` name -> array with a leading batch axis. Returns (outputs, served version)."""
         if self.protocol == "grpc":
+            # lazy: tritonclient (and its protobuf messages) takes seconds to import
             import tritonclient.grpc as tc
         else:
+            # lazy: tritonclient (and its protobuf messages) takes seconds to import
             import tritonclient.http as tc
         inputs = []
         for name, arr in feeds.items():

@@ -26,7 +26,10 @@ import numpy as np
 
 from genexflow.errors import GenexflowError, InputError
 from genexflow.export import ServingArtifact, example_inputs, load_artifact, run_onnx
+from genexflow.serving.client import InferenceError, ServerUnavailable, TritonClient, split_url
 from genexflow.serving.inputs import build_inputs
+from genexflow.serving.repository import ModelRepository
+from genexflow.serving.triton_server import TritonServer
 
 CANARY_MODEL = "genexflow_canary"
 
@@ -93,7 +96,6 @@ def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = 
     if url is not None:
         return _validate(art, url, Path(repository), cohort, model_name, atol, n_random, protocols, timeout_s,
                          grpc_url=grpc_url)
-    from genexflow.serving.triton_server import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="genexflow-infra-") as tmp, \
             tempfile.TemporaryDirectory(prefix="genexflow-infra-run-") as run:
@@ -112,9 +114,6 @@ def infra_validate(artifact: ServingArtifact | str | Path, *, url: str | None = 
 def _validate(art: ServingArtifact, url: str, repository: Path, cohort: Any, model_name: str, atol: float,
               n_random: int, protocols: tuple[str, ...], timeout_s: float,
               grpc_url: str | None = None) -> InfraResult:
-    from genexflow.serving.client import InferenceError, ServerUnavailable, TritonClient
-    from genexflow.serving.repository import ModelRepository
-
     checks: dict[str, Any] = {}
     repo = ModelRepository(repository)
     if repo.model_dir(model_name).exists():
@@ -209,8 +208,6 @@ def _cleanup(client: Any, timeout_s: float = 30.0) -> None:
 
 def _grpc_url(http_url: str) -> str:
     """grpc://host:(http port + 1), the launcher's convention."""
-    from genexflow.serving.client import split_url
-
     address, _ = split_url(http_url)
     host, port = address.rsplit(":", 1)
     return f"grpc://{host}:{int(port) + 1}"

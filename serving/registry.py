@@ -19,7 +19,9 @@ it. :meth:`Registry.download` refuses an artifact whose sha256 differs from the 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -30,8 +32,11 @@ import numpy as np
 
 from genexflow import paths
 from genexflow.errors import InputError
-from genexflow.export import ServingArtifact, load_artifact, sha256_file
+from genexflow.export import ServingArtifact, export_bundle, load_artifact, run_onnx, sha256_file
 from genexflow.metrics import evaluate_labels, higher_is_better
+from genexflow.serving.inputs import build_inputs
+from genexflow.serving.repository import DEFAULT_MODEL_NAME, ModelRepository, deploy
+from genexflow.training.tracking import default_artifact_location
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -48,7 +53,6 @@ def default_tracking_uri() -> str:
 def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
     """Fail fast, naming the fix, when an ``http(s)://`` tracking server does not answer (MLflow itself
     retries for minutes before it gives up)."""
-    import urllib.error
     import urllib.request
 
     if not tracking_uri.startswith(("http://", "https://")):
@@ -65,18 +69,6 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
             f"MLflow tracking server {tracking_uri} is not reachable ({reason}); start it (`genexflow stack up`) "
             "or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a running server; without either, "
             "the workspace's own store is used") from None
-
-
-def _artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts next to an embedded sqlite store (as training does); the server's default otherwise."""
-    try:
-        from genexflow.training.tracking import default_artifact_location
-
-        return default_artifact_location(tracking_uri)
-    except ImportError:
-        if tracking_uri.startswith("sqlite:///"):
-            return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return None
 
 
 def _now() -> str:
@@ -151,9 +143,6 @@ class GateDecision:
 
 def evaluate_artifact(artifact: ServingArtifact, cohort: Any, label_column: str | None = None) -> dict[str, float]:
     """Metrics of ``artifact`` on a held-out :class:`~genexflow.cohort.Cohort` (in-process onnxruntime)."""
-    from genexflow.export import run_onnx
-    from genexflow.serving.inputs import build_inputs
-
     info = artifact.info
     col = label_column or info.label_column
     y = cohort.column(col).to_numpy()
@@ -174,6 +163,7 @@ class Registry:
     """
 
     def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        # lazy: mlflow takes seconds to import
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
@@ -192,14 +182,13 @@ class Registry:
         ``experiment`` otherwise), tags the version with sha256 / metrics / baselines / lineage and points
         the ``challenger`` alias at it.
         """
+        # lazy: mlflow takes seconds to import; onnx is only needed for export
         import mlflow.onnx
         import onnx
         from mlflow.exceptions import MlflowException
 
         if not isinstance(artifact, ServingArtifact) and (Path(artifact) / "bundle.json").exists() \
                 and not (Path(artifact) / "model.json").exists():
-            from genexflow.export import export_bundle  # a training bundle: export it first
-
             bundle_dir = bundle_dir or artifact
             artifact = export_bundle(artifact)
         art = artifact if isinstance(artifact, ServingArtifact) else load_artifact(artifact, verify=True)
@@ -216,7 +205,7 @@ class Registry:
         if run_id is None:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(
-                experiment, artifact_location=_artifact_location(self.tracking_uri))
+                experiment, artifact_location=default_artifact_location(self.tracking_uri))
             run_id = self.client.create_run(exp_id, run_name=f"register-{name}").info.run_id
             own_run = True
         else:
@@ -258,6 +247,7 @@ class Registry:
 
     @staticmethod
     def signature(art: ServingArtifact) -> Any:
+        # lazy: mlflow takes seconds to import
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -269,8 +259,6 @@ class Registry:
     @staticmethod
     def contract_metadata(art: ServingArtifact) -> dict:
         """Compact contract for ``MLmodel`` metadata (the full gene list lives in ``model.json``)."""
-        import hashlib
-
         info = art.info
         return {"genexflow": {
             "sidecar": "model.json", "sha256": art.sha256, "task": info.task, "class_names": info.class_names,
@@ -284,6 +272,7 @@ class Registry:
     # ------------------------------------------------------------------ read
     def get(self, name: str, ref: str | int) -> VersionInfo:
         """A version by number (``"3"``) or alias (``"champion"``)."""
+        # lazy: mlflow takes seconds to import
         from mlflow.exceptions import MlflowException
 
         ref = str(ref)
@@ -314,8 +303,6 @@ class Registry:
 
     def download(self, name: str, ref: str | int, dst: str | Path) -> tuple[ServingArtifact, VersionInfo]:
         """Download a version's serving artifact into ``dst``; refuses a sha256 that differs from the tag."""
-        import os
-
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep CLI output clean
         v = self.get(name, ref)
         dst = Path(dst)
@@ -476,8 +463,6 @@ class Registry:
         registry's (a copy that differs is refused). ``target="gpu"`` writes the production layout
         (``onnxruntime_onnx`` platform, ``KIND_GPU``) for a GPU Triton.
         """
-        from genexflow.serving.repository import DEFAULT_MODEL_NAME, ModelRepository, deploy
-
         v = self.get(name, ref)
         meta = {"registered_model": name, "version": v.version, "alias": str(ref) if not str(ref).isdigit() else "",
                 "deployed_at": _now()}

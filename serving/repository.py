@@ -95,6 +95,7 @@ def build_config(artifact: ServingArtifact, name: str = DEFAULT_MODEL_NAME, targ
     ``model.json`` text; each is stored compressed as ``genexflow_sidecar_<version>`` so a remote client can
     read the input contract (gene order, covariate encoding) of the version it calls.
     """
+    # lazy: tritonclient (and its protobuf messages) takes seconds to import
     from tritonclient.grpc import model_config_pb2 as mc
 
     cfg = config or TritonConfig()
@@ -162,6 +163,7 @@ def _tensor(t: Any, spec: Any, mc: Any) -> None:
 
 def render_config(model_config: Any) -> str:
     """``config.pbtxt`` text of a ``ModelConfig``."""
+    # lazy: tritonclient (and its protobuf messages) takes seconds to import
     from google.protobuf import text_format
 
     return text_format.MessageToString(model_config)
@@ -169,6 +171,7 @@ def render_config(model_config: Any) -> str:
 
 def parse_config(text: str) -> Any:
     """Parse ``config.pbtxt`` text strictly with tritonclient's ``model_config_pb2`` (raises on typos)."""
+    # lazy: tritonclient (and its protobuf messages) takes seconds to import
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
@@ -180,6 +183,7 @@ def parse_config(text: str) -> Any:
 
 def check_config(model_config: Any, artifact: ServingArtifact) -> None:
     """Semantic checks a parse cannot do: tensors, dtypes and dims agree with the ONNX graph."""
+    # lazy: tritonclient (and its protobuf messages) takes seconds to import
     from tritonclient.grpc import model_config_pb2 as mc
 
     cfg = model_config
@@ -327,7 +331,7 @@ def deploy(artifact: ServingArtifact | str | Path, repository: str | Path | Mode
     version, path = repo.add_version(art, name, registry=registry, expected_sha256=expected_sha256)
     loaded = False
     if url:
-        from genexflow.serving.client import TritonClient
+        from genexflow.serving.client import TritonClient  # lazy: the client imports this module (sidecars)
 
         with TritonClient(url, model_name=name, timeout_s=timeout_s) as client:
             client.load(version=version)

@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 
 from genexflow.bundle import BundleInfo, CovariateSpec
+from genexflow.cohort import Cohort
 from genexflow.export import ServingArtifact, export_onnx_artifact
 
 
@@ -32,8 +35,6 @@ def toy_module(info: BundleInfo, seed: int = 0, shift: float = 0.0):
 
     ``shift`` perturbs the head so two toy models give different predictions (champion vs challenger).
     """
-    import torch
-
     g, k, c = len(info.input_genes), len(info.class_names), info.n_covariates
     nb = max(1, len(info.batch_levels))
     gen = torch.Generator().manual_seed(seed)
@@ -74,10 +75,6 @@ def make_toy_artifact(out_dir: str | Path, n_genes: int = 50, n_classes: int = 3
 
 def toy_cohort(info: BundleInfo, n: int, seed: int = 1):
     """A simulated cohort (counts) matching ``info``: samples with age, sex and batch columns."""
-    import pandas as pd
-
-    from genexflow.cohort import Cohort
-
     rng = np.random.default_rng(seed)
     X = rng.poisson(20.0, size=(n, len(info.input_genes))).astype(np.float32)
     levels = info.batch_levels or ["b0"]
