@@ -4,17 +4,30 @@ call them directly on tiny files."""
 
 from __future__ import annotations
 
+import datetime as dt
+import html
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_curve
 
 from genexflow.bundle import PickledPreprocessing
+from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.ingest.values import detect_value_type
+from genexflow.io import read_matrix, read_sample_sheet
+from genexflow.metrics import evaluate
+from genexflow.training.baselines import baseline_names, fit_predict_baseline
+from genexflow.training.config import TrainConfig
+from genexflow.training.folds import fit_preprocessing, transform
+from genexflow.training.labels import encode_labels
+from genexflow.training.model import TrainedModel
+from genexflow.training.splits import train_val_split
 
 MANIFEST = "manifest.csv"
 PREDICTIONS = "predictions.parquet"
@@ -27,8 +40,6 @@ def shard_step(cohort_dir: str | Path, n_shards: int, out_dir: str | Path) -> li
     Writes ``out_dir/shard-00000/`` ... (cohort folders) and ``out_dir/manifest.csv`` (sample_id, shard) so
     the merge can prove that nothing was lost or duplicated. Returns the ParallelFor items.
     """
-    from genexflow.cohort import Cohort
-
     if n_shards < 1:
         raise InputError(f"n_shards must be >= 1 (got {n_shards})")
     cohort = Cohort.read(cohort_dir)
@@ -103,13 +114,9 @@ def infer_value_type(value_type: str, expression: str | Path, samples: str | Pat
     with a wide range is counts, even with a stray negative cell, which ingest then quarantines)."""
     if value_type and value_type != "auto":
         return value_type
-    from genexflow.ingest.values import detect_value_type
-    from genexflow.io import read_matrix, read_sample_sheet
 
     path = Path(expression)
     if path.is_dir() or path.suffix == ".h5ad":
-        from genexflow.cohort import Cohort
-
         return Cohort.read(path).value_type.value
     ids = list(read_sample_sheet(samples, check_unique=False).index) if samples else None
     df = read_matrix(path, "auto", ids)
@@ -178,12 +185,11 @@ def record_outcome(state: str, error: str, pipeline_job: str, out: str | Path, *
     """Record how a pipeline run ended: ``out`` (JSON) and, when MLflow is configured, a tag
     ``genexflow.pipeline_outcome`` on every MLflow run of this pipeline job (tagged
     ``genexflow.pipeline_job`` by the train step)."""
-    import datetime as dt
-
     record = {"pipeline_job": pipeline_job, "state": state, "error": error or None, "model_name": model_name,
               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **(extra or {})}
     tagged: list[str] = []
     if tracking_uri or experiment:
+        # lazy: mlflow takes seconds to import
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri or None)
@@ -219,10 +225,6 @@ def train_config(config: dict | None, label: str, batch_column: str = "", covari
                  preprocessing: dict | None = None, seed: int = 0) -> Any:
     """A :class:`~genexflow.training.TrainConfig` from pipeline parameters (``config`` holds any other
     TrainConfig field: epochs, lr, model, task ...)."""
-    from dataclasses import fields
-
-    from genexflow.training.config import TrainConfig
-
     d = kfp_numbers(dict(config or {}))
     floats = {f.name for f in fields(TrainConfig) if isinstance(f.default, float)}
     d = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in d.items()}
@@ -235,10 +237,6 @@ def train_config(config: dict | None, label: str, batch_column: str = "", covari
 def holdout_split(cohort_dir: str | Path, cfg: Any, test_fraction: float) -> tuple[Any, Any]:
     """Stratified (classification) hold-out split of the labelled rows: ``(train, test)`` cohorts.
     Unlabelled rows are left out of both (training ignores them; they cannot be evaluated)."""
-    from genexflow.cohort import Cohort
-    from genexflow.training.labels import encode_labels
-    from genexflow.training.splits import train_val_split
-
     if not 0 < test_fraction < 1:
         raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
     cohort = Cohort.read(cohort_dir)
@@ -276,8 +274,6 @@ def fit_heldout_preprocessing(cohort_dir: str | Path, cfg: Any, test_fraction: f
                               train_out: str | Path, test_out: str | Path) -> FittedPreprocessing:
     """Hold out a test split, fit the preprocessing on the training rows once and write the pipeline's bytes
     (``preprocessor_out``), the training rows and the held-out rows."""
-    from genexflow.training.folds import fit_preprocessing
-
     tr, te = holdout_split(cohort_dir, cfg, test_fraction)
     pre = fit_preprocessing(tr, cfg)
     pickled = PickledPreprocessing.of(pre)
@@ -320,16 +316,12 @@ class HeldoutEvaluation:
             return
         classification.log_confusion_matrix(list(self.class_names), self.confusion().tolist())
         if len(self.class_names) == 2:
-            from sklearn.metrics import roc_curve
-
             fpr, tpr, thr = roc_curve(self.y_true, self.output[:, 1])
             thr = np.nan_to_num(thr, posinf=1.0)
             classification.log_roc_curve(fpr.tolist(), tpr.tolist(), thr.tolist())
 
     def write_html(self, path: str | Path) -> Path:
         """A self-contained HTML report: model vs baselines on the held-out split, confusion matrix."""
-        import html
-
         names = sorted(self.metrics)
         rows = [("model (PathwayNet)", self.metrics)] + [(f"baseline {b}", m) for b, m in sorted(self.baselines.items())]
         table = "".join(
@@ -365,13 +357,6 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
     (``genexflow.training.baselines``, fit on the training split's rows transformed by the model's own
     preprocessing, which must be the one in ``preprocessor_path``); logged as ``heldout_*`` metrics to the
     training run when ``run_id`` is given."""
-    from genexflow.cohort import Cohort
-    from genexflow.metrics import evaluate
-    from genexflow.training.baselines import baseline_names, fit_predict_baseline
-    from genexflow.training.folds import transform
-    from genexflow.training.labels import encode_labels
-    from genexflow.training.model import TrainedModel
-
     model = TrainedModel.load(bundle_dir)
     info = model.info
     tr, te = Cohort.read(train_dir), Cohort.read(test_dir)
@@ -401,6 +386,7 @@ def evaluate_heldout(bundle_dir: str | Path, preprocessor_path: str | Path, trai
     ev = HeldoutEvaluation(info.task, list(info.class_names), metrics, base, yte, np.asarray(out), tr.n_samples,
                            te.n_samples)
     if run_id:
+        # lazy: mlflow takes seconds to import
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri or None)

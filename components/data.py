@@ -1,6 +1,7 @@
 """Data components: ingest + validate a cohort, split a cohort into shards, merge scored shards."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from typing import NamedTuple
 
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output

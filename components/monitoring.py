@@ -2,6 +2,7 @@
 retrain trigger step lives with the pipelines: :func:`genexflow.pipelines.monitoring.trigger_retrain`)."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
 from genexflow.components._base import component

@@ -1,6 +1,7 @@
 """The exit-handler component: record how a pipeline run ended, whatever happened inside it."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 

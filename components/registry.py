@@ -5,6 +5,7 @@ training bundle, so what the gate scores, Triton validates and deploy ships are 
 """
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output

@@ -1,6 +1,7 @@
 """Serving components: export one ONNX graph, validate it in a real Triton, deploy, score one shard."""
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output

@@ -7,6 +7,7 @@ sha256 (recorded here) is the one the bundle, the ONNX sidecar, the registry and
 """
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from typing import NamedTuple
 
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
+from kfp import compiler, components
+from kfp.pipeline_spec import pipeline_spec_pb2
 
+from genexflow.components import _base
 from genexflow.errors import InputError
+from genexflow.pipelines.kubernetes import ClusterSettings, Platform
 
 PIPELINES = {
     "training": "genexflow.pipelines.training",
@@ -53,8 +58,6 @@ def _check(name: str, target: str) -> None:
 
 def build(name: str, target: str = "portable", settings: Any = None) -> Any:
     """Build the pipeline ``name`` for ``target`` (a kfp GraphComponent)."""
-    from genexflow.pipelines.kubernetes import ClusterSettings, Platform
-
     _check(name, target)
     module = importlib.import_module(PIPELINES[name])
     platform = Platform((settings or ClusterSettings()) if target == "cluster" else None)
@@ -75,10 +78,6 @@ def compile_pipeline(
     ``base_image`` / ``gpu_image`` override the image of every executor (default: the names the components
     were built with, from ``GENEXFLOW_BASE_IMAGE`` / ``GENEXFLOW_GPU_IMAGE``).
     """
-    from kfp import compiler
-
-    from genexflow.components import _base
-
     pipeline = build(name, target, settings)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,9 +120,6 @@ def _dump(docs: list[dict]) -> str:
 
 def load_spec(path: str | Path) -> tuple[Any, Any]:
     """Parse a compiled file into ``(PipelineSpec, PlatformSpec | None)`` protobuf messages."""
-    from google.protobuf import json_format
-    from kfp.pipeline_spec import pipeline_spec_pb2
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such compiled pipeline; run `genexflow pipeline compile`")
@@ -142,8 +138,6 @@ def load_spec(path: str | Path) -> tuple[Any, Any]:
 def validate_spec(path: str | Path) -> Any:
     """Check a compiled spec: valid protobuf, every task's component and executor exist, and kfp can load
     it back as a component. Returns the PipelineSpec; raises ``InputError`` otherwise."""
-    from kfp import components
-
     spec, platform = load_spec(path)
     if not spec.pipeline_info.name:
         raise InputError(f"{path}: pipeline spec has no name")
@@ -175,8 +169,6 @@ def validate_spec(path: str | Path) -> Any:
 
 def stale_specs(folder: str | Path | None = None) -> list[str]:
     """Names of checked-in specs that differ from a fresh compile with the default images (empty: fresh)."""
-    from genexflow.components import _base
-
     folder = Path(folder) if folder else compiled_dir()
     stale = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfp import kubernetes
+
 #: Roles a task can have; pipelines tag tasks with roles, settings decide what each role gets.
 ROLES = ("data", "mlflow", "object_store", "gpu", "triton", "kfp")
 
@@ -53,8 +55,6 @@ class ClusterSettings:
 
     def apply(self, task: Any, *roles: str) -> Any:
         """Apply the settings for ``roles`` to a ``PipelineTask``; returns the task."""
-        from kfp import kubernetes
-
         unknown = set(roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown task role(s) {sorted(unknown)}; known: {ROLES}")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kfp import local
+
 from genexflow.errors import GenexflowError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -205,8 +207,6 @@ def _attach_events(tasks: dict[str, TaskRecord], events: list[TaskEvent]) -> Non
 
 def init_local(root: str | Path, *, enable_caching: bool = True) -> Path:
     """Initialise kfp.local for the current Python environment; returns the pipeline root."""
-    from kfp import local
-
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     # Steps run as `python -m ...` subprocesses, which put the current folder first on sys.path: a folder

@@ -13,6 +13,7 @@ Scheduled with ``genexflow pipeline schedule --cron`` as a KFP recurring run.
 """
 
 # no `from __future__ import annotations`: KFP reads the real annotation objects
+# lazy: each component imports inside its body, because KFP ships the function body alone to the container
 from typing import Any, NamedTuple
 
 from kfp import dsl

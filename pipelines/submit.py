@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kfp
+import kfp_server_api
+from kfp.client.client import _extract_pipeline_yaml
+
 from genexflow.errors import GenexflowError, InputError
 
 DEFAULT_EXPERIMENT = "genexflow"
@@ -38,8 +42,6 @@ def resolve_host(host: str | None) -> str:
 def load_package(package: str | Path) -> dict[str, Any]:
     """Read a compiled pipeline (YAML, with or without a platform spec) the way ``kfp.Client`` does and
     return the ``pipeline_spec`` request field."""
-    from kfp.client.client import _extract_pipeline_yaml
-
     package = Path(package)
     if not package.is_file():
         raise InputError(f"{package}: no such compiled pipeline (run `genexflow pipeline compile` first)")
@@ -92,8 +94,6 @@ def build_run(
     description: str | None = None,
 ) -> Any:
     """The ``V2beta1Run`` request body for a one-off run of a compiled pipeline."""
-    import kfp_server_api
-
     spec = load_package(package)
     arguments = dict(arguments or {})
     check_arguments(spec, arguments)
@@ -128,8 +128,6 @@ def build_recurring_run(
     ``max_concurrency`` bounds overlapping runs (1: a slow monitoring run is never stacked);
     ``no_catchup`` skips missed intervals instead of backfilling them after a pause.
     """
-    import kfp_server_api
-
     if max_concurrency < 1:
         raise InputError("max_concurrency must be >= 1")
     spec = load_package(package)
@@ -154,8 +152,6 @@ def build_recurring_run(
 
 def request_json(body: Any) -> dict[str, Any]:
     """The JSON the client sends for a request body (what ``--dry-run`` prints)."""
-    import kfp_server_api
-
     return kfp_server_api.ApiClient().sanitize_for_serialization(body)
 
 
@@ -172,8 +168,6 @@ class Submitted:
 
 def connect(host: str | None = None, namespace: str | None = None, token: str | None = None) -> Any:
     """A ``kfp.Client`` for the endpoint; raises :class:`SubmitError` when it is unreachable."""
-    import kfp
-
     host = resolve_host(host)
     token = token or os.environ.get("KFP_TOKEN")
     try:

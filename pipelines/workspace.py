@@ -17,15 +17,21 @@ deployment instead.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genexflow.components._steps import PREDICTIONS
 from genexflow.errors import InputError
 from genexflow.paths import workspace_dir
+from genexflow.pipelines import batch_inference
 from genexflow.pipelines.local import LocalRun, TaskEvent, run_local
+from genexflow.pipelines.monitoring import monitoring_pipeline
+from genexflow.pipelines.training import training_pipeline
+from genexflow.training.tracking import ensure_experiment
 
 DEFAULT_WORKSPACE = ".genexflow"
 DRIFT_EXPERIMENT = "genexflow-drift"  # genexflow.monitoring.check.DEFAULT_EXPERIMENT
@@ -80,8 +86,6 @@ class Workspace:
     def ensure_experiment(self, name: str) -> str:
         """Create the MLflow experiment with its artifacts inside the workspace (``mlartifacts/`` next to
         ``mlflow.db``, as training does); returns its id."""
-        from genexflow.training.tracking import ensure_experiment
-
         self.create()
         return ensure_experiment(name, self.tracking_uri)
 
@@ -166,8 +170,6 @@ def training_arguments(
 def run_training(arguments: dict[str, Any], workspace: Workspace, *, enable_caching: bool = True,
                  on_event: Callable[[TaskEvent], None] | None = None) -> TrainingResult:
     """Run the training pipeline locally with ``arguments`` (see :func:`training_arguments`)."""
-    from genexflow.pipelines.training import training_pipeline
-
     workspace.ensure_experiment(arguments.get("experiment_name", "genexflow"))
     run = _run_with_env(training_pipeline, arguments, workspace, enable_caching, on_event)
     return read_training_result(run, workspace, arguments.get("model_name", "genexflow-classifier"))
@@ -206,8 +208,6 @@ def read_training_result(run: LocalRun, workspace: Workspace, model_name: str) -
     if (t := first("evaluate")) is not None:
         res.metrics = dict(t.metadata.get("metrics", {}))
     if (t := first("record-outcome")) is not None and (uri := t.artifact("outcome")):
-        import json
-
         try:
             res.outcome = json.loads(Path(uri).read_text())
         except (OSError, ValueError):
@@ -239,9 +239,6 @@ def run_batch_inference(expression: str | Path, samples: str | Path, triton_url:
                         on_event: Callable[[TaskEvent], None] | None = None) -> tuple[LocalRun, Path]:
     """Score a cohort through a running Triton with the batch-inference pipeline; returns the run and the
     merged predictions file."""
-    from genexflow.components._steps import PREDICTIONS
-    from genexflow.pipelines import batch_inference
-
     pipeline = (batch_inference.batch_inference_pipeline if parallelism is None
                 else batch_inference.build(parallelism=parallelism))
     args = dict(expression_uri=str(Path(expression).resolve()), samples_uri=str(Path(samples).resolve()),
@@ -267,8 +264,6 @@ class MonitoringResult:
 def run_monitoring(arguments: dict[str, Any], workspace: Workspace, *,
                    on_event: Callable[[TaskEvent], None] | None = None) -> MonitoringResult:
     """Run the monitoring pipeline locally; on drift the training pipeline runs nested in the same run."""
-    from genexflow.pipelines.monitoring import monitoring_pipeline
-
     workspace.ensure_experiment(arguments.get("experiment_name", "genexflow"))
     workspace.ensure_experiment(DRIFT_EXPERIMENT)  # the drift check logs there; keep its artifacts local
     run = _run_with_env(monitoring_pipeline, arguments, workspace, False, on_event)
