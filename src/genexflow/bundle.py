@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from genexflow.errors import InputError
-from genexflow.models import PathwayNet
 
 FORMAT_VERSION = 1
 
@@ -222,6 +221,9 @@ def load_bundle(folder: str | Path) -> tuple[BundleInfo, Any, dict]:
 def module_from_state(state: dict) -> Any:
     """The one place that rebuilds the trained network from ``model.pt`` contents
     (``{"config", "state_dict", ...}``), in eval mode."""
+    # lazy: genexflow.models exports through genexflow.export, which imports this module
+    from genexflow.models import PathwayNet
+
     buf = io.BytesIO()
     torch.save({"config": state["config"], "state_dict": state["state_dict"]}, buf)
     buf.seek(0)
