@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from genexflow.serving import local_stack as local
@@ -95,9 +96,9 @@ def _gone(pid: int, wait: float = 10.0) -> bool:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 return True
-        except OSError:
+        except psutil.NoSuchProcess:
             return True
         time.sleep(0.1)
     return False

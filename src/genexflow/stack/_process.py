@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from genexflow.errors import GenexflowError
 from genexflow.paths import workspace_dir
 
@@ -90,14 +92,12 @@ def _tail(log: Path | None, n: int = 15) -> str:
     return f"; last log lines ({log}):\n" + "\n".join(lines)
 
 
-def _start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` (clock ticks since boot), or None when it does not exist."""
+def _start_time(pid: int) -> float | None:
+    """Start time of ``pid`` (seconds since the epoch, as psutil reports it), or None when it does not exist."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its closing paren.
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class ProcessRecord:
     """A started service process: its pid and start time (to detect pid reuse)."""
 
     pid: int
-    start_time: int | None
+    start_time: float | None
 
     @classmethod
     def of(cls, pid: int) -> ProcessRecord:
@@ -113,14 +113,13 @@ class ProcessRecord:
 
     def alive(self) -> bool:
         """True while the same process (not a recycled pid) is running and not a zombie."""
-        st = _start_time(self.pid)
-        if st is None or (self.start_time is not None and st != self.start_time):
-            return False
         try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            proc = psutil.Process(self.pid)
+            if self.start_time is not None and proc.create_time() != self.start_time:
+                return False
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
             return False
-        return state != "Z"
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
