@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tenacity
 
 from genexflow.bundle import BundleInfo
 from genexflow.errors import GenexflowError, InputError
@@ -130,14 +131,11 @@ class TritonClient:
         # lazy: tritonclient (and its protobuf messages) takes seconds to import
         from tritonclient.utils import InferenceServerException
 
-        delay = self.backoff_s
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        if self.protocol == "grpc" and fn in _GRPC_DEADLINE_CALLS:
+            kwargs.setdefault("client_timeout", self.timeout_s)
+
+        def attempt() -> Any:
             try:
-                if self.protocol == "grpc" and fn in ("infer", "load_model", "unload_model", "is_server_ready",
-                                                      "is_model_ready", "get_model_config",
-                                                      "get_model_metadata", "get_model_repository_index"):
-                    kwargs.setdefault("client_timeout", self.timeout_s)
                 return getattr(self.client, fn)(*args, **kwargs)
             except InferenceServerException as exc:
                 if _version_gone(exc):
@@ -145,17 +143,22 @@ class TritonClient:
                     raise VersionGone(f"{self.model_name}: {_clean(exc)}") from None
                 if not _retryable(exc):
                     raise InferenceError(f"{self.model_name}: {_clean(exc)}") from None
-                last = exc
                 self._contracts.clear()
                 self._current = None
+                raise _Transient(exc) from exc
             except (OSError, TimeoutError, ConnectionError) as exc:
-                last = exc
                 self.close()
-            if attempt < self.retries:
-                time.sleep(delay)
-                delay *= 2
-        raise ServerUnavailable(f"Triton at {self.address} ({self.protocol}) failed after {self.retries + 1} "
-                                f"attempts: {_clean(last)}; is the server running (`genexflow serve`)?")
+                raise _Transient(exc) from exc
+
+        retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(self.retries + 1),
+                                     wait=tenacity.wait_exponential(multiplier=self.backoff_s),
+                                     retry=tenacity.retry_if_exception_type(_Transient))
+        try:
+            return retrying(attempt)
+        except tenacity.RetryError as err:
+            last = err.last_attempt.exception().__cause__
+            raise ServerUnavailable(f"Triton at {self.address} ({self.protocol}) failed after {self.retries + 1} "
+                                    f"attempts: {_clean(last)}; is the server running (`genexflow serve`)?") from None
 
     # ------------------------------------------------------------------ server / repository API
     def is_ready(self) -> bool:
@@ -307,6 +310,15 @@ class TritonClient:
             parts.append(out)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
         return output_frame(c.info, merged, frame.index), c, missing
+
+
+class _Transient(Exception):
+    """A transport error or a model between versions: :meth:`TritonClient._call` tries again."""
+
+
+#: gRPC calls that take a deadline (``client_timeout``).
+_GRPC_DEADLINE_CALLS = frozenset({"infer", "load_model", "unload_model", "is_server_ready", "is_model_ready",
+                                  "get_model_config", "get_model_metadata", "get_model_repository_index"})
 
 
 def _retryable(exc: Any) -> bool:
