@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
+from scipy import special, stats
 
 from genexflow.cohort import ValueType
 
@@ -209,18 +209,11 @@ def psi(p_ref: np.ndarray, p_new: np.ndarray, eps: float = 1e-4) -> np.ndarray:
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values); NaN p-values stay NaN and are not counted."""
+    """Benjamini-Hochberg adjusted p-values (q-values, :func:`scipy.stats.false_discovery_control`); NaN
+    p-values stay NaN and are not counted."""
     p = np.asarray(p, np.float64)
     q = np.full_like(p, np.nan)
     ok = np.isfinite(p)
-    m = int(ok.sum())
-    if m == 0:
-        return q
-    pv = p[ok]
-    order = np.argsort(pv)
-    ranked = pv[order] * m / np.arange(1, m + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.clip(ranked, 0, 1)
-    q[ok] = out
+    if ok.any():
+        q[ok] = stats.false_discovery_control(np.clip(p[ok], 0, 1), method="bh")
     return q
