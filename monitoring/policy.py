@@ -9,8 +9,6 @@ whole check on an unchanged population stays well under 5 %.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -20,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import yaml
 
@@ -270,7 +269,7 @@ def _json_default(o: Any) -> Any:
 class CooldownStore:
     """A JSON file remembering when retraining was last triggered per model key.
 
-    Writes are atomic (temp file + rename) under an ``fcntl`` lock, so concurrent checks on one host see
+    Writes are atomic (temp file + rename) under a file lock (``filelock``), so concurrent checks on one host see
     one consistent state; :meth:`acquire` checks and records in one locked step, so two checks racing
     cannot both start a run.
 
@@ -283,15 +282,9 @@ class CooldownStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> filelock.FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(self.path.suffix + ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return filelock.FileLock(self.path.with_suffix(self.path.suffix + ".lock"))
 
     def _read(self) -> dict[str, Any]:
         if not self.path.exists():

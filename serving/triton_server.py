@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -42,6 +41,8 @@ import time
 import venv
 from collections.abc import Sequence
 from pathlib import Path
+
+import filelock
 
 from genexflow.paths import cache_dir
 from genexflow.stack._process import (
@@ -120,8 +121,7 @@ def ensure_triton_env(venv_dir: str | Path | None = None, *, quiet: bool = True)
         return venv_dir
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = venv_dir.parent / f".{venv_dir.name}.lock"
-    with open(lock, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with filelock.FileLock(lock):
         if _env_complete(venv_dir):  # another process finished it while we waited
             return venv_dir
         if venv_dir.exists():
