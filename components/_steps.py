@@ -5,7 +5,6 @@ call them directly on tiny files."""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import math
 from dataclasses import dataclass, fields
@@ -146,19 +145,16 @@ def split_evaluation(metadata: dict[str, Any]) -> tuple[dict[str, float], dict[s
 def gate_markdown(decision: Any, out: str | Path) -> Path:
     """The gate decision as a Markdown table (a KFP ``Markdown`` artifact)."""
     m = decision.metrics
-    lines = [f"## Gate: {'PASSED' if decision.passed else 'NOT PASSED'} (challenger v{decision.challenger_version})",
-             "", decision.reason, "", "| model | " + " | ".join(sorted(m["challenger"])) + " |",
-             "|---|" + "---|" * len(m["challenger"])]
-    rows = [("challenger", m["challenger"])]
+    rows = {"challenger": m["challenger"]}
     if m.get("champion"):
-        rows.append((f"champion v{decision.champion_version}", m["champion"]))
-    for name, (k, v) in [(f"baseline {b}", (decision.policy["metric"], val)) for b, val in
-                         (m.get("baselines") or {}).items()]:
-        rows.append((name, {k: v}))
-    for name, vals in rows:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{vals[k]:.4f}" if isinstance(vals.get(k), int | float) else "" for k in sorted(m["challenger"])) + " |")
-    lines += ["", f"policy: `{json.dumps(decision.policy)}`, held-out samples: {m.get('n_heldout')}"]
+        rows[f"champion v{decision.champion_version}"] = m["champion"]
+    for b, val in (m.get("baselines") or {}).items():
+        rows[f"baseline {b}"] = {decision.policy["metric"]: val}
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=sorted(m["challenger"]))
+    table = table.apply(pd.to_numeric, errors="coerce").rename_axis("model")
+    lines = [f"## Gate: {'PASSED' if decision.passed else 'NOT PASSED'} (challenger v{decision.challenger_version})",
+             "", decision.reason, "", table.astype(object).where(table.notna(), None).to_markdown(floatfmt=".4f", missingval=""),
+             "", f"policy: `{json.dumps(decision.policy)}`, held-out samples: {m.get('n_heldout')}"]
     Path(out).write_text("\n".join(lines) + "\n")
     return Path(out)
 
@@ -322,12 +318,9 @@ class HeldoutEvaluation:
 
     def write_html(self, path: str | Path) -> Path:
         """A self-contained HTML report: model vs baselines on the held-out split, confusion matrix."""
-        names = sorted(self.metrics)
-        rows = [("model (PathwayNet)", self.metrics)] + [(f"baseline {b}", m) for b, m in sorted(self.baselines.items())]
-        table = "".join(
-            f"<tr><td>{html.escape(n)}</td>" + "".join(
-                f"<td>{m[k]:.4f}</td>" if isinstance(m.get(k), float) and math.isfinite(m[k]) else "<td></td>"
-                for k in names) + "</tr>" for n, m in rows)
+        rows = {"model (PathwayNet)": self.metrics, **{f"baseline {b}": m for b, m in sorted(self.baselines.items())}}
+        table = (pd.DataFrame.from_dict(rows, orient="index").reindex(columns=sorted(self.metrics))
+                 .apply(pd.to_numeric, errors="coerce").rename_axis("model"))
         parts = [
             "<html><head><meta charset='utf-8'><title>genexflow held-out evaluation</title>",
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -335,16 +328,11 @@ class HeldoutEvaluation:
             "</head><body><h1>Held-out evaluation</h1>",
             f"<p>{self.task}; {self.n_train} training samples, {self.n_test} held-out samples. Baselines are fit on "
             "the same training rows with the same fitted preprocessing.</p>",
-            "<table><tr><th>model</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in names) + "</tr>",
-            table, "</table>",
+            table.to_html(float_format="{:.4f}".format, na_rep=""),
         ]
         if self.task == "classification":
-            cm = self.confusion()
-            head = "".join(f"<th>{html.escape(c)}</th>" for c in self.class_names)
-            body = "".join(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{v}</td>" for v in cm[i]) + "</tr>"
-                           for i, c in enumerate(self.class_names))
-            parts += ["<h2>Confusion matrix (rows: true, columns: predicted)</h2>",
-                      f"<table><tr><th></th>{head}</tr>{body}</table>"]
+            cm = pd.DataFrame(self.confusion(), index=self.class_names, columns=self.class_names)
+            parts += ["<h2>Confusion matrix (rows: true, columns: predicted)</h2>", cm.to_html()]
         parts.append("</body></html>")
         Path(path).write_text("\n".join(parts))
         return Path(path)

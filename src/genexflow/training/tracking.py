@@ -295,7 +295,7 @@ import warnings
         import mlflow
 
         mlflow.log_text(df.to_csv(index=True), f"{name}.csv")
-        mlflow.log_text(_markdown(df), f"{name}.md")
+        mlflow.log_text(markdown_table(df), f"{name}.md")
 
     def log_figure(self, fig: Any, path: str) -> None:
         import matplotlib.pyplot as plt
@@ -374,17 +374,8 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table without the optional ``tabulate`` dependency."""
-    d = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
-    cols = [str(c) for c in d.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in d.itertuples(index=False):
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def markdown_table(df: pd.DataFrame) -> str:
-    """Public wrapper of the markdown renderer used for tables in runs and benchmark reports."""
-    return _markdown(df)
+    """A GitHub-flavoured markdown table (``DataFrame.to_markdown``, floats to 4 significant digits) for runs
+    and benchmark reports; a named or non-default index becomes the first column."""
+    d = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
+    return d.to_markdown(index=False, floatfmt=".4g") + "\n"
