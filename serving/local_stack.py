@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
+
 from genexflow.io import write_text_atomic
 from genexflow.serving.triton_server import TritonServer
 from genexflow.stack._process import ProcessRecord, StackError, genexflow_home, http_ok, stop_pid_file
@@ -69,15 +71,10 @@ def record_service(name: str, info: dict, state_dir: str | Path | None = None) -
     return _state_file(state_dir)
 
 
-@contextlib.contextmanager
-def _locked(state_dir: Path):
+def _locked(state_dir: Path) -> filelock.FileLock:
     """Serialize read-modify-write of the state file between concurrent commands."""
-    import fcntl
-
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".state.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        yield
+    return filelock.FileLock(state_dir / ".state.lock")
 
 
 def up(state_dir: str | Path | None = None, *, backend_store_uri: str | None = None,

@@ -24,6 +24,8 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +55,6 @@ def default_tracking_uri() -> str:
 def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
     """Fail fast, naming the fix, when an ``http(s)://`` tracking server does not answer (MLflow itself
     retries for minutes before it gives up)."""
-    import urllib.request
-
     if not tracking_uri.startswith(("http://", "https://")):
         return
     url = tracking_uri.rstrip("/") + "/health"

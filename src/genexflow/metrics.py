@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from genexflow.errors import InputError
@@ -110,8 +111,6 @@ def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
 
 def _auc_binary(y: np.ndarray, score: np.ndarray) -> float:
     """ROC-AUC by the Mann-Whitney rank statistic (ties get average ranks), as sklearn's roc_auc_score."""
-    from scipy.stats import rankdata
-
     pos = y.astype(bool)
     n1, n0 = pos.sum(), (~pos).sum()
     if n1 == 0 or n0 == 0:

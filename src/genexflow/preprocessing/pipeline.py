@@ -297,8 +297,6 @@ class PreprocessingPipeline:
     def _fit_harmony(self, H: np.ndarray, cohort: Cohort, batch: np.ndarray, cov: pd.DataFrame | None) -> np.ndarray:
         """Harmony over the batch and the categorical covariates (numeric ones go to the model only);
         ComBat-seq (already applied) only records the serving conventions here."""
-        from genexflow.bundle import fit_covariates
-
         cfg = self.config
         self.batch_levels_ = sorted(str(b) for b in np.unique(batch.astype(str)))
         if self.covariates_:
