@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean help sysdeps triton-env tools-env audit k8s-render k8s-dev-secrets
+.PHONY: install demo test lint bench clean help sysdeps triton-env tools-env audit k8s-render k8s-dev-secrets images
 
 help:
 	@echo "make demo   - install (first run) and run the whole pipeline on the shipped demo cohort"
@@ -17,6 +17,7 @@ help:
 	@echo "make tools-env  - create .venv-tools (checkov, pip-audit; kept apart from the pinned set)"
 	@echo "make audit      - pip-audit the pinned dependency set (needs network access to the advisory DB)"
 	@echo "make k8s-render - render every kustomization in infra/k8s to build/k8s/"
+	@echo "make images     - build the CPU component, MLflow and CPU Triton images with buildah (local base; SBOMs)"
 
 # CPU torch 2.13.0 first (a file on local disk); a bare torch requirement would pull a CUDA build.
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -36,11 +37,12 @@ test: install sysdeps triton-env tools-env
 
 # --- infrastructure helpers (docs/infra.md) -------------------------------------------------------------
 # Debian packages the tests use: PostgreSQL (MLflow-on-Postgres concurrency test), Chromium (the run report
-# opens in a real headless browser, tests/test_report_pages.py) and R with the Bioconductor
+# opens in a real headless browser, tests/test_report_pages.py), R with the Bioconductor
 # packages the parity tests call through Rscript (tests/test_r_*.py: sva 3.46, edgeR 3.40.2, impute 1.72.3,
-# limma). Installed only when running as root on a Debian-like system and only if missing; otherwise the
-# tests that need them skip with a message.
-SYSDEPS := postgresql chromium r-base-core r-bioc-sva r-bioc-edger r-bioc-impute r-bioc-limma
+# limma), buildah + mmdebstrap (the images are built and run in tests/test_infra_images.py). Installed only
+# when running as root on a Debian-like system and only if missing; otherwise the tests that need them skip
+# with a message.
+SYSDEPS := postgresql chromium r-base-core r-bioc-sva r-bioc-edger r-bioc-impute r-bioc-limma buildah mmdebstrap
 sysdeps:
 	@missing=""; for p in $(SYSDEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -58,7 +60,7 @@ TOOLS_VENV ?= .venv-tools
 TOOLS_STAMP := $(TOOLS_VENV)/.installed
 $(TOOLS_STAMP): infra/tools-constraints.txt
 	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/python -m pip install -q -c infra/tools-constraints.txt checkov pip-audit
+	$(TOOLS_VENV)/bin/python -m pip install -q -c infra/tools-constraints.txt checkov pip-audit cyclonedx-bom
 	touch $(TOOLS_STAMP)
 
 tools-env: $(TOOLS_STAMP)
@@ -66,6 +68,11 @@ tools-env: $(TOOLS_STAMP)
 audit: tools-env
 	$(TOOLS_VENV)/bin/pip-audit -r constraints.txt --no-deps --disable-pip --progress-spinner off
 	$(TOOLS_VENV)/bin/pip-audit -r serving/triton-constraints.txt --no-deps --disable-pip --progress-spinner off
+
+# Container images, built here with buildah from a local mmdebstrap base (no registry, no Docker engine);
+# prints build times and sizes, checks the size budgets, writes SBOMs + pip-audit reports to build/images/.
+images: install tools-env
+	$(PY) infra/scripts/build_images.py
 
 k8s-dev-secrets: install
 	$(PY) infra/scripts/dev_secrets.py

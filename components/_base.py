@@ -19,11 +19,12 @@ import os
 
 from kfp import dsl
 
-from genexflow import __version__
+from genexflow import images
 
-IMAGE_REPOSITORY = "ghcr.io/genexflow/genexflow"
-DEFAULT_BASE_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cpu"
-DEFAULT_GPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cuda"
+# The names come from genexflow.images, the one place that `make images` tags with.
+IMAGE_REPOSITORY = images.COMPONENT_REPOSITORY
+DEFAULT_BASE_IMAGE = images.COMPONENT_CPU
+DEFAULT_GPU_IMAGE = images.COMPONENT_CUDA
 
 BASE_IMAGE = os.environ.get("GENEXFLOW_BASE_IMAGE", DEFAULT_BASE_IMAGE)
 GPU_IMAGE = os.environ.get("GENEXFLOW_GPU_IMAGE", DEFAULT_GPU_IMAGE)

@@ -6,7 +6,18 @@
 # base stays the same slim Python as the CPU image (one interpreter build for both).
 # Base pinned by exact tag (patch release + Debian release); pin by digest in a mirrored registry.
 
-FROM python:3.11.7-slim-bookworm AS build
+# BASE_IMAGE: the public image by default; `make images` passes a local Debian bookworm + python3.11 base
+# built with mmdebstrap (no registry is needed; docs/infra.md, "Building the images here").
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+# checkov:skip=CKV_DOCKER_7: the base is this build argument; its default is pinned (test_infra_docker.py)
+
+FROM ${BASE_IMAGE} AS build
+# Optional pip sources (a mirror, local wheel folders and a proxy's CA bundle, mounted read-only by the
+# build); unset by default, so pip uses PyPI. RUN steps see build arguments as environment variables.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -25,7 +36,7 @@ COPY monitoring ./monitoring
 RUN pip install --no-cache-dir -c constraints-cuda.txt . \
     && python -c "import genexflow, torch; assert torch.version.cuda, 'expected a CUDA torch build'"
 
-FROM python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="genexflow (CUDA)" \
       org.opencontainers.image.description="genexflow library, CLI and KFP components, CUDA torch" \
       org.opencontainers.image.licenses="Apache-2.0"

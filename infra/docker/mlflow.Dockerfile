@@ -5,7 +5,18 @@
 # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL, MLFLOW_ARTIFACTS_DESTINATION.
 # Base pinned by exact tag (patch release + Debian release); pin by digest in a mirrored registry.
 
-FROM python:3.11.7-slim-bookworm AS build
+# BASE_IMAGE: the public image by default; `make images` passes a local Debian bookworm + python3.11 base
+# built with mmdebstrap (no registry is needed; docs/infra.md, "Building the images here").
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+# checkov:skip=CKV_DOCKER_7: the base is this build argument; its default is pinned (test_infra_docker.py)
+
+FROM ${BASE_IMAGE} AS build
+# Optional pip sources (a mirror, local wheel folders and a proxy's CA bundle, mounted read-only by the
+# build); unset by default, so pip uses PyPI. RUN steps see build arguments as environment variables.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -13,7 +24,7 @@ ENV PATH=/opt/venv/bin:$PATH
 COPY constraints.txt infra/docker/mlflow-requirements.txt ./
 RUN pip install --no-cache-dir --only-binary=:all: -c constraints.txt -r mlflow-requirements.txt
 
-FROM python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="genexflow MLflow tracking server" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PATH=/opt/venv/bin:$PATH \
