@@ -23,9 +23,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY constraints.txt ./
-# CPU torch first, from the CPU wheel index: a bare torch requirement would pull the CUDA build.
+# CPU torch first, from the CPU wheel index: a bare torch requirement would pull the CUDA build. Pinned
+# here (= constraints.txt's pin) so that this ~1 GB layer does not depend on the other pins.
 RUN pip install --no-cache-dir --only-binary=:all: --index-url "${TORCH_INDEX_URL}" "torch==2.13.0+cpu"
+COPY constraints.txt ./
 # The dependencies (pyproject.toml's list, pinned by constraints.txt) before the code, in their own layers:
 # a code change rebuilds only the small genexflow wheel, not the ~2 GB of dependencies.
 COPY pyproject.toml ./
