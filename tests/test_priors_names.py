@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from genexflow.cli.main import app
 from genexflow.errors import InputError
-from genexflow.priors import build_priors, load_gene_sets
+from genexflow.priors import build_priors, load_gene_sets, pathway_names
 from genexflow.priors.bundle import GenePriors
 from genexflow.priors.genesets import _data_path, gene_set_names, gene_set_provenance, provenance_tags
 from genexflow.priors.names import pathway_label, read_pathway_names
@@ -105,6 +105,9 @@ def test_shipped_names_and_provenance():
     assert tags["genexflow.priors.sha256"] == hashlib.sha256(raw).hexdigest()
     assert "2011" in tags["genexflow.priors.version"]
     assert provenance_tags("/no/such/file.gmt") == {}
+    # the lookup the run report uses: shipped names, plus a run's own (Reactome, user KEGG names)
+    got = pathway_names([gid, "EGFR", "hsa04110", "R-HSA-1"], extra={"R-HSA-1": "x"})
+    assert got == {gid: go[gid], "EGFR": "EGFR", "R-HSA-1": "x"}
 
 
 def test_labels_and_plot_show_names():

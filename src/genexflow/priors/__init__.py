@@ -11,6 +11,7 @@ from genexflow.priors.genesets import (
     load_progeny_weights,
     membership_matrix,
     parse_gmt,
+    pathway_names,
     read_gmt,
     restrict_gene_sets,
     write_gmt,
@@ -29,7 +30,7 @@ from genexflow.priors.scores import PathwayScorer
 
 __all__ = [
     "SHIPPED", "CoexpressionKNNGraph", "GeneGraph", "GenePriors", "PathwayScorer", "build_priors",
-    "gene_set_names", "gene_set_provenance", "pathway_label", "read_pathway_names",
+    "gene_set_names", "gene_set_provenance", "pathway_label", "pathway_names", "read_pathway_names",
     "comembership_graph", "edge_list_graph", "knn_coexpression_graph", "load_gene_sets", "load_progeny_weights",
     "membership_matrix", "normalized_adjacency", "parse_gmt", "read_edge_list", "read_gmt",
     "restrict_gene_sets", "write_gmt",

@@ -13,6 +13,7 @@ import hashlib
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -184,6 +185,22 @@ def gene_set_names(name_or_path: str | Path, id_type: str = "symbol") -> dict[st
         return {pw: pw for pw in load_progeny_weights("symbol").columns}
     text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
     return names_from_descriptions(parse_gmt_with_descriptions(text, str(name_or_path))[1])
+
+
+@lru_cache(maxsize=1)
+def _shipped_names() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key in SHIPPED:
+        out |= gene_set_names(key)
+    return out
+
+
+def pathway_names(ids: Iterable[str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Names of pathway IDs from the shipped collections (GO terms, PROGENy) and ``extra`` (e.g. a run's
+    ``GenePriors.names``, which also holds Reactome and user-supplied KEGG names); IDs without a known
+    name are left out."""
+    table = {**_shipped_names(), **(extra or {})}
+    return {str(i): table[str(i)] for i in ids if table.get(str(i))}
 
 
 def load_gene_sets(name_or_path: str | Path, id_type: str = "symbol") -> dict[str, list[str]]:
