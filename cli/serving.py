@@ -78,8 +78,8 @@ def serve(
                 "model_repository": str(repository), "log": str(server.log_file)})
             pid = server.detach()
             detached = True
-            console.print(f"server pid {pid} (recorded in {state}); stop with: genexflow stack down "
-                          f"(or kill -TERM {pid})", markup=False)
+            console.print(f"server pid {pid}; stop with: genexflow stack down (or kill -TERM {pid}); "
+                          f"recorded in {state}", markup=False)
             return
         while True:  # until Ctrl-C or SIGTERM (raised as signals.Terminated by the CLI)
             time.sleep(0.5)

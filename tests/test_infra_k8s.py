@@ -127,7 +127,7 @@ def test_triton_deployment(rendered):
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/models/genexflow_classifier/ready"
         assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert "--model-control-mode=explicit" in c["args"]
         mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/models")
