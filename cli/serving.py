@@ -185,11 +185,12 @@ def score(
                 res = score_cohort(src, out, runner, chunk_size=chunk_size, concurrency=concurrency,
                                    on_progress=lambda n: bar.advance(task, n),
                                    on_total=lambda n: bar.update(task, total=n))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, signals.Terminated):
             parts = out.with_name(out.name + PARTS_SUFFIX)
             n_done = len(list(parts.glob("part-*.parquet"))) if parts.is_dir() else 0
-            console.print(f"interrupted: {n_done} finished chunk(s) are kept in {parts}; rerun the same command "
-                          "(same input, -o and --chunk-size) to resume where it stopped", markup=False)
+            # plain echo: rich would shorten the path that the user needs in full
+            typer.echo(f"interrupted: {n_done} finished chunk(s) are kept in {parts}; rerun the same command "
+                       "(same input, -o and --chunk-size) to resume where it stopped", err=True)
             raise typer.Exit(130) from None
     skipped = f" ({res.n_skipped_chunks} chunks resumed from an earlier run)" if res.n_skipped_chunks else ""
     console.print(f"{res.n_rows} predictions -> {res.output} in {res.seconds:.1f} s "

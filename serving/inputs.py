@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from genexflow.bundle import BATCH_STATUS_LABELS, BundleInfo, align_genes, encode_covariates
+from genexflow.cohort import ValueType
 from genexflow.errors import InputError
+from genexflow.ingest.values import MAX_MAGNITUDE, check_cells
 
 
 def build_inputs(info: BundleInfo, frame: pd.DataFrame, samples: pd.DataFrame | None, input_names: list[str],
@@ -48,13 +50,16 @@ def build_inputs(info: BundleInfo, frame: pd.DataFrame, samples: pd.DataFrame | 
             align_genes(frame.loc[:, ~absent], info.input_genes, max_missing_fraction)  # raises its message
     else:
         X, missing = align_genes(frame, info.input_genes, max_missing_fraction)
-    if np.isinf(X).any():
-        rows = frame.index[np.isinf(X).any(axis=1)][:5].tolist()
-        raise InputError(f"expression has infinite values (samples {rows}); fix or drop them")
-    if info.value_type in ("counts", "tpm", "fpkm") and (np.nan_to_num(X) < 0).any():
-        rows = frame.index[(np.nan_to_num(X) < 0).any(axis=1)][:5].tolist()
-        raise InputError(f"expression has negative values for a {info.value_type} model (samples {rows}); "
-                         "send raw values in the value type the model was trained on")
+    if not np.isfinite(np.nan_to_num(X, nan=0.0)).all() or (X.size and np.nanmax(np.abs(X), initial=0) >
+                                                          MAX_MAGNITUDE[ValueType.parse(info.value_type)]) or (
+            info.value_type != ValueType.LOG and (np.nan_to_num(X) < 0).any()):
+        # name the cells on the values as sent (float64): a huge finite value overflows float32 to inf,
+        # and calling it "infinite" would send the user looking for the wrong thing
+        genes = [g for g in info.input_genes if g in frame.columns]
+        check_cells(frame[genes].to_numpy(np.float64), info.value_type, frame.index, genes,
+                    what=f"expression for a {info.value_type} model")
+        raise InputError(f"expression has values beyond float32 for a {info.value_type} model; send raw values "
+                         "in the value type the model was trained on")
     feeds: dict[str, np.ndarray] = {"expression": X}
     needs = [n for n in input_names if n in ("covariates", "batch_index")]
     if needs and samples is None:
