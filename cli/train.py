@@ -100,7 +100,10 @@ def train(
 
 def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
            experiment, run_name, explain_samples, no_shap, quiet: bool) -> None:
+    from rich.markup import escape
+
     from genexflow.cohort_checks import check_trainable
+    from genexflow.ingest.values import describe, missing_cells
     from genexflow.training.baselines import baseline_names
     from genexflow.training.cv import DEEP, encode_labels
     from genexflow.training.run import Hooks, train_and_track
@@ -112,6 +115,10 @@ def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, n
         console.print(f"{c}", markup=False)
 
     check_trainable(c, cfg.label, cfg.task, cfg.covariates or (), cfg.batch_column)
+    missing = missing_cells(c.X, c.sample_ids, c.genes)
+    if missing and not quiet:  # never imputed without a word
+        console.print(f"[yellow]{len(missing)} missing value(s) will be imputed in every training fold (KNN, or "
+                      f"the training gene means): {escape(describe(missing))}[/]")
     # Count the work for the progress bars (the same splits cross_validate will draw).
     labels = encode_labels(c, cfg)
     n_folds = 0

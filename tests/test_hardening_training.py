@@ -53,3 +53,14 @@ def test_unknown_baseline_is_refused_before_the_pipeline_starts(tmp_path, capsys
                      "--workspace", tmp_path / "ws"], capsys)
     assert code == 2 and "unknown baseline(s) logistic" in out and "logreg_l2" in out, out
     assert not (tmp_path / "ws" / "kfp").exists()  # no pipeline step ran
+
+
+def test_missing_values_are_named_before_they_are_imputed(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(8, 1, (N, 40)).astype(np.float32)
+    X[3, 5] = np.nan
+    sheet = pd.DataFrame({"label": ["A", "B"] * (N // 2)}, index=[f"s{i}" for i in range(N)])
+    Cohort(X, [f"G{j}" for j in range(40)], sheet, value_type="log-expression").write(tmp_path / "c")
+    code, out = cli(["train", tmp_path / "c", "-l", "label", *TRAIN, "--cv", "0", "-o", tmp_path / "b"], capsys)
+    assert code == 0, out
+    assert "1 missing value(s) will be imputed" in out and "s3/G5=nan" in " ".join(out.split()), out
