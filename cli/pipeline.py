@@ -13,6 +13,7 @@ from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console
 from genexflow.cli._summary import print_run_summary
 from genexflow.errors import InputError
+from genexflow.overrides import load_config_file, nest_dotted, parse_overrides
 from genexflow.report import fetch_run_report
 from genexflow.training.baselines import ALL_CLASSIFICATION, ALL_REGRESSION, baseline_names
 
@@ -43,13 +44,6 @@ def _split_list(values: list[str] | None) -> list[str]:
     return out
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _parse_params(params: list[str] | None, params_file: Path | None) -> dict[str, Any]:
     from genexflow.errors import InputError
 
@@ -61,25 +55,9 @@ def _parse_params(params: list[str] | None, params_file: Path | None) -> dict[st
         if not isinstance(data, dict):
             raise InputError(f"{params_file}: expected a mapping of pipeline parameters")
         out.update(data)
-    for p in params or []:
-        if "=" not in p:
-            raise InputError(f"--param {p!r}: use NAME=VALUE (VALUE may be JSON, e.g. covariates='[\"age\"]')")
-        k, v = p.split("=", 1)
-        out[k.strip()] = _parse_value(v)
-    return out
-
-
-def _load_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    import yaml
-
-    from genexflow.errors import InputError
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of training options (epochs, lr, model, ...)")
-    return data
+    # NAME=VALUE, VALUE read as JSON (covariates='["age"]'); config.lr=0.01 sets one key of a dict parameter
+    out.update(parse_overrides(params, nested=None))
+    return nest_dotted(out, nested=None)
 
 
 def _progress_printer():
@@ -156,7 +134,7 @@ def run(
     from genexflow.pipelines.workspace import Workspace, run_training, training_arguments
 
     ws = Workspace(workspace) if workspace else Workspace.default()
-    train_config = _load_config(config)
+    train_config = load_config_file(config) if config else {}
     if demo or dataset:
         name = dataset or DEMO_DEFAULT
         if name not in DEMO_DATASETS:

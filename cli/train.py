@@ -69,14 +69,14 @@ def train(
     Example: genexflow train golub --label label --cv 5 --epochs 50 --out bundles/golub
     """
     from genexflow.errors import InputError
-    from genexflow.training.config import MODEL_PRESETS
-    from genexflow.training.inputs import build_config, load_training_cohort, parse_sets
+    from genexflow.training.config import MODEL_PRESETS, parse_overrides
+    from genexflow.training.inputs import build_config, load_training_cohort
     from genexflow.training.trainer import init_distributed
 
     if preset is not None and preset not in MODEL_PRESETS:
         raise InputError(f"unknown preset {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
     c, path = load_training_cohort(cohort, samples, value_type)
-    overrides = parse_sets(set_)
+    overrides = parse_overrides(set_)
     conf = print_confounding(c.samples, label, batch_column, task or "auto") if batch_column else None
     combat = batch_method_overrides(batch_method, no_combat, overrides, conf)
     if preset:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +221,7 @@ def train_config(config: dict | None, label: str, batch_column: str = "", covari
                  preprocessing: dict | None = None, seed: int = 0) -> Any:
     """A :class:`~genexflow.training.TrainConfig` from pipeline parameters (``config`` holds any other
     TrainConfig field: epochs, lr, model, task ...)."""
-    d = kfp_numbers(dict(config or {}))
-    floats = {f.name for f in fields(TrainConfig) if isinstance(f.default, float)}
-    d = {k: float(v) if k in floats and isinstance(v, int) else v for k, v in d.items()}
+    d = kfp_numbers(dict(config or {}))  # typed fields are coerced by TrainConfig.from_dict; this fixes model/...
     d.update(label=label, batch_column=batch_column or None, covariates=list(covariates or []), seed=int(seed))
     if preprocessing:
         d["preprocessing"] = {**d.get("preprocessing", {}), **kfp_numbers(dict(preprocessing))}

@@ -39,12 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from genexflow.training.inputs import build_config, load_training_cohort, parse_sets
+    from genexflow.training.config import parse_overrides
+    from genexflow.training.inputs import build_config, load_training_cohort
     from genexflow.training.model import TrainedModel
     from genexflow.training.trainer import init_distributed
 
     cfg = build_config(
-        args.config, parse_sets(args.set), task=args.task, label=args.label, batch_column=args.batch_column,
+        args.config, parse_overrides(args.set), task=args.task, label=args.label, batch_column=args.batch_column,
         covariates=[c for c in (args.covariates or "").split(",") if c] or None, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
     )

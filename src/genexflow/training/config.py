@@ -2,13 +2,21 @@
 
 The model's own hyper-parameters (hidden sizes, layers, dropout) live in ``model`` as a plain dict passed
 to the model config, and preprocessing options in ``preprocessing``; both are logged to MLflow verbatim.
+
+:meth:`TrainConfig.from_dict` (config files, ``--set``, KFP parameters) checks and coerces every field's
+type with pydantic; ``--set`` strings go through the one override parser (:mod:`genexflow.overrides`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+import pydantic
+
+from genexflow import overrides
 from genexflow.errors import InputError
 
 TASKS = ("classification", "regression")
@@ -175,12 +183,22 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping, checking names and coercing types (``"1e-3"`` -> 0.001, ``15.0`` -> 15);
+        a bad name or value raises :class:`InputError` naming the field."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise InputError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        try:
+            return _adapter().validate_python(dict(d))
+        except pydantic.ValidationError as exc:
+            for e in exc.errors():  # validate()'s own message, as it is
+                if isinstance(e.get("ctx", {}).get("error"), InputError):
+                    raise e["ctx"]["error"] from None
+            raise InputError("invalid training config: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors())) from None
 
     def with_(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed; ``model`` / ``preprocessing`` dicts are merged, not replaced."""
@@ -200,3 +218,19 @@ class TrainConfig:
             else:
                 out[k] = v
         return out
+
+
+@functools.cache
+def _adapter() -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(TrainConfig)
+
+
+#: The TrainConfig fields that hold a dict of options (``model.d_model=32``).
+NESTED_FIELDS = ("model", "preprocessing")
+
+
+def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
+    """``--set`` strings (``["lr=1e-3", "model.d_model=32"]``) -> nested TrainConfig overrides, through the
+    one override parser (:func:`genexflow.overrides.parse_overrides`); dotted keys only under
+    :data:`NESTED_FIELDS`."""
+    return overrides.parse_overrides(items, nested=NESTED_FIELDS)

@@ -23,7 +23,8 @@ import pandas as pd
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.metrics import LOWER_IS_BETTER
-from genexflow.training.config import TrainConfig
+from genexflow.overrides import nest_dotted
+from genexflow.training.config import NESTED_FIELDS, TrainConfig
 
 #: TPE search space over hidden sizes, learning rate, dropout, GCN and attention depth.
 DEFAULT_SPACE: dict[str, tuple] = {
@@ -44,17 +45,7 @@ DEFAULT_GRID: dict[str, list] = {"lr": [3e-4, 1e-3], "model.head_dropout": [0.2,
 
 def apply_params(cfg: TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     """A copy of ``cfg`` with flat ``{"lr": .., "model.d_model": ..}`` parameters applied."""
-    top: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {"model": {}, "preprocessing": {}}
-    for k, v in params.items():
-        head, _, rest = k.partition(".")
-        if rest:
-            if head not in nested:
-                raise InputError(f"unknown search-space key {k!r}; use a TrainConfig field or model.<field>")
-            nested[head][rest] = v
-        else:
-            top[k] = v
-    changes = {**top, **{k: v for k, v in nested.items() if v}}
+    changes = nest_dotted(params, NESTED_FIELDS)
     if "model" in changes and "model.n_heads" not in params and "d_model" in changes["model"]:
         # keep heads dividing d_model
         heads = cfg.model.get("n_heads", 4)

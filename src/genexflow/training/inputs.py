@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.overrides import load_config_file
 from genexflow.training.config import TrainConfig
 
 
@@ -44,36 +44,11 @@ def load_training_cohort(source: str | Path, samples: str | Path | None = None,
     return read_cohort(p, samples, value_type=value_type, name=p.stem), p
 
 
-def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    """``["lr=1e-3", "model.d_model=32", "model.readout_dims=[64,32]"]`` -> nested overrides (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in pairs or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise InputError(f"--set {item!r}: use KEY=VALUE, e.g. model.d_model=32")
-        try:
-            val = json.loads(raw)
-        except json.JSONDecodeError:
-            val = raw
-        head, _, rest = key.strip().partition(".")
-        if rest:
-            out.setdefault(head, {})[rest] = val
-        else:
-            out[head] = val
-    return out
-
-
 def build_config(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
                  **fields: Any) -> TrainConfig:
-    """TrainConfig from a YAML/JSON file, then explicit fields (None = keep), then ``--set`` overrides."""
-    base: dict[str, Any] = {}
-    if config_file:
-        import yaml
-
-        text = Path(config_file).read_text()
-        base = (yaml.safe_load(text) if str(config_file).endswith((".yaml", ".yml")) else json.loads(text)) or {}
-        if not isinstance(base, dict):
-            raise InputError(f"{config_file}: expected a mapping of TrainConfig fields")
+    """TrainConfig from a YAML/JSON file, then explicit fields (None = keep), then ``--set`` overrides
+    (:func:`genexflow.training.config.parse_overrides`); ``model`` / ``preprocessing`` dicts merge."""
+    base = load_config_file(config_file) if config_file else {}
     for k, v in fields.items():
         if v is not None:
             base[k] = v
