@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from genexflow.cli._common import console
 from genexflow.errors import InputError
-from genexflow.preprocessing.confounding import (
-    ConfoundingResult,
-    batch_label_association,
-    choose_batch_method,
-)
-from genexflow.preprocessing.pipeline import BATCH_METHODS
+
+if TYPE_CHECKING:
+    from genexflow.preprocessing.confounding import ConfoundingResult
 
 
 def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides: dict[str, Any],
@@ -25,6 +22,10 @@ def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides:
     unless ``confounding`` says the batch is confounded with the label, then ``none``. Returns the
     ``combat`` field (None = keep the config's).
     """
+    # lazy: the library pulls torch/sklearn; `genexflow --help` imports every command module
+    from genexflow.preprocessing.confounding import choose_batch_method
+    from genexflow.preprocessing.pipeline import BATCH_METHODS
+
     if batch_method is None or batch_method == "auto":
         if no_combat:
             return False
@@ -47,6 +48,9 @@ def batch_method_overrides(batch_method: str | None, no_combat: bool, overrides:
 
 def print_confounding(samples: pd.DataFrame, label: str, batch_column: str, task: str) -> ConfoundingResult | None:
     """Test the batch-label association and print it (a loud warning when confounded)."""
+    # lazy: the library pulls torch/sklearn; `genexflow --help` imports every command module
+    from genexflow.preprocessing.confounding import batch_label_association
+
     if label not in samples.columns or batch_column not in samples.columns:
         return None
     labeled = samples[label].notna() & samples[batch_column].notna()

@@ -9,8 +9,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from genexflow.report import gate_sentence, read_page_data
-
 
 def _num(v: Any, fmt: str = ".3f") -> str:
     return "—" if v is None else format(v, fmt)
@@ -59,6 +57,9 @@ def qc_lines(cohort: dict[str, Any]) -> list[str]:
 
 def print_run_summary(console: Console, report: str | Path) -> None:
     """Print the CV table, QC facts, the confounding warning, the gate's decision and the report path."""
+    # lazy: the library pulls torch/sklearn; `genexflow --help` imports every command module
+    from genexflow.report import gate_sentence, read_page_data
+
     data = read_page_data(report)
     if data.get("cv"):
         console.print(cv_table(data["cv"]))

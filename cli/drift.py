@@ -19,7 +19,6 @@ import typer
 from typer.core import TyperGroup
 
 from genexflow.cli._common import console, step
-from genexflow.report import write_drift_page
 
 EXIT_DRIFT = 3
 
@@ -155,6 +154,8 @@ def check(
                                  model_key=key, force=force, workspace=ws, host=kfp_host)
         record_trigger(result, tr, uri)
         console.print(f"retraining: {tr.reason}" + (f" ({tr.url or tr.run_id})" if tr.run_id else ""), markup=False)
+    from genexflow.report import write_drift_page  # lazy: pulls torch/sklearn (keeps --help fast)
+
     page = write_drift_page(out, mlflow_run_id=result.mlflow_run_id, tracking_uri=uri)
     if as_json:
         typer.echo(json.dumps({**d.to_dict(), "out_dir": str(out), "mlflow_run_id": result.mlflow_run_id,

@@ -14,8 +14,6 @@ from genexflow.cli._common import console
 from genexflow.cli._summary import print_run_summary
 from genexflow.errors import InputError
 from genexflow.overrides import load_config_file, nest_dotted, parse_overrides
-from genexflow.report import fetch_run_report
-from genexflow.training.baselines import ALL_CLASSIFICATION, ALL_REGRESSION, baseline_names
 
 pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, submit, schedule (cron), run locally.",
                            no_args_is_help=True)
@@ -185,6 +183,9 @@ def run(
 
 def _check_baselines(names: list[str], task: str) -> None:
     """Refuse unknown baseline names now, not after ingest and preprocessing have run."""
+    # lazy: sklearn; `genexflow --help` imports every command module
+    from genexflow.training.baselines import ALL_CLASSIFICATION, ALL_REGRESSION, baseline_names
+
     if not names or names in (["all"], ["none"]):
         return
     if task in ("classification", "regression"):
@@ -239,6 +240,8 @@ def _print_training_summary(result) -> None:
     for label, path in result.reports.items():
         out.print(f"[bold]{label:<16}[/] {_viewable(path)}", highlight=False)
     if result.mlflow_run_id:  # the report as the last step completed it (model card: registry, gate, infra)
+        from genexflow.report import fetch_run_report  # lazy: pulls torch/sklearn (keeps --help fast)
+
         report = fetch_run_report(result.mlflow_run_id, result.run.run_dir / "report.html",
                                   result.workspace.tracking_uri)
         print_run_summary(out, report)

@@ -73,3 +73,19 @@ def test_a_core_module_importing_an_outer_layer_breaks_the_contract(tmp_path):
 def test_mapped_folders_match_setup(folder):
     # the layout above must follow setup.py's MAPPED, or the contracts check a package nobody installs
     assert re.search(rf'MAPPED = \(.*"{folder}"', (ROOT / "setup.py").read_text())
+
+
+#: Libraries that take seconds to import: the CLI's command modules (all imported at start, so
+#: ``genexflow --help`` lists them) import them inside the commands that use them.
+HEAVY_AT_CLI_START = ("torch", "sklearn", "mlflow", "kfp", "evidently", "great_expectations", "tritonclient",
+                      "onnx", "onnxruntime", "matplotlib", "optuna", "shap", "captum", "torch_geometric", "dvc",
+                      "anndata")
+
+
+def test_cli_start_imports_no_heavy_library():
+    code = ("import sys, genexflow.cli.main; "
+            f"print(' '.join(m for m in {HEAVY_AT_CLI_START!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert res.stdout.split() == [], (
+        f"`genexflow --help` imports {res.stdout.split()}: import them inside the command (with a '# lazy:' "
+        "comment); `python -X importtime -c 'import genexflow.cli.main'` shows which module pulls them")
