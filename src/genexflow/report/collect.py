@@ -192,7 +192,8 @@ def batch_section(cohort: Cohort, config: Any, pre: Any, confounding: Any) -> di
 
     batch_col = getattr(config, "batch_column", None)
     label = getattr(config, "label", None)
-    out: dict[str, Any] = {"batch_column": batch_col, "method": None, "views": {}}
+    out: dict[str, Any] = {"batch_column": batch_col, "method": None, "views": {},
+                           "requested": (getattr(config, "preprocessing", None) or {}).get("batch_method")}
     if confounding is None and batch_col and label and {batch_col, label} <= set(cohort.samples.columns):
         try:
             confounding = batch_label_association(cohort.samples[batch_col], cohort.samples[label],

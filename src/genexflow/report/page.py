@@ -186,7 +186,7 @@ def render_page(page: Page) -> str:
         for s in page.sections)
     plotly_js = _plotly_loader() if "class='plotly'" in body else ""
     nav = "".join(f"<a href='#{escape(s.id, quote=True)}'>{escape(s.title)}</a>" for s in page.sections)
-    data = json.dumps(page.data, default=_json_default, separators=(",", ":"), allow_nan=False)
+    data = json.dumps(clean_json(page.data), separators=(",", ":"), allow_nan=False)
     data = data.replace("</", "<\\/")  # keep "</script>" inside strings from closing the tag
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -238,18 +238,6 @@ def _plotly_gz_b64() -> str:
 def _plotly_loader() -> str:
     return (f"<script type='application/octet-stream' id='gx-plotly-gz'>{_plotly_gz_b64()}</script>"
             f"<script>{_LOADER}</script>")
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def clean_json(obj: Any) -> Any:

@@ -52,7 +52,8 @@ def render_run_report(data: dict[str, Any]) -> str:
         Section("cv", "Cross-validation vs baselines", cv_body(data.get("cv")),
                 "Every model trained and scored on the same folds; intervals are 95% corrected resampled-t "
                 "intervals (Nadeau & Bengio), which account for overlapping training sets."),
-        Section("curves", "ROC, precision-recall and calibration", curves_body(data.get("oof"))),
+        Section("curves", "ROC, precision-recall and calibration" if meta["task"] == "classification"
+                else "Predicted vs true", curves_body(data.get("oof"))),
         Section("confusion", "Confusion matrix", confusion_body(data.get("oof"))),
         Section("learning", "Learning curves", learning_body(data.get("learning") or {})),
         Section("biology", "Genes and pathways", biology_body(data.get("biology"))),
@@ -165,8 +166,10 @@ def batch_body(b: dict[str, Any], meta: dict[str, Any]) -> Html:
         parts.append(na("no batch column was given, so there is no batch correction; the PCA below shows the "
                         "preprocessed data by label"))
     elif b.get("method") is None:
-        parts.append(f"<p>Batch column <code>{esc(col)}</code> kept for grouping, but no batch correction ran "
-                     "(e.g. --no-combat).</p>")
+        why = (" because batch and label are confounded (see the association test below)"
+               if (b.get("association") or {}).get("confounded") else "")
+        parts.append(f"<p>Batch column <code>{esc(col)}</code> kept for grouping, but no batch correction ran"
+                     f"{why} (batch method: {esc(b.get('requested') or 'none')}).</p>")
     else:
         parts.append(f"<p>Correction: <b>{esc(b['method'])}</b> on batch column <code>{esc(col)}</code>, fitted on "
                      "the training rows. <i>Before</i> is the same fitted pipeline with the correction step left out.</p>")
