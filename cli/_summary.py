@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -18,16 +19,17 @@ def cv_table(cv: dict[str, Any]) -> Table:
     """Deep model and each baseline: mean ± SD of the primary metric over folds, 95% CI, paired Δ to the best
     baseline with its 95% CI."""
     m = cv["metric"]
-    t = Table(title=f"{cv['split']} cross-validation, {cv['n_folds']} folds: {m}", title_justify="left")
+    t = Table(title=f"{cv['split']} cross-validation, {cv['n_folds']} folds: {m} (bold: the deep model)",
+              title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col, just in (("model", "left"), ("folds", "right"), ("mean ± SD", "right"), ("95% CI", "right"),
-                      ("Δ vs best baseline [95% CI]", "right")):
-        t.add_column(col, justify=just)
+                      ("Δ vs best [95% CI]", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
     for r in cv["rows"]:
         diff = ("best baseline" if r["is_best_baseline"] else
-                f"{r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]" if r.get("diff") is not None else "—")
-        name = f"[bold]{r['model']}[/] (deep)" if r["is_deep"] else r["model"]
+                f"{r['diff']:+.3f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}]" if r.get("diff") is not None else "—")
+        name = f"[bold]{r['model']}[/]" if r["is_deep"] else r["model"]
         t.add_row(name, str(r["n_folds"]), f"{_num(r['mean'])} ± {_num(r['sd'])}",
-                  f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]", diff)
+                  f"{_num(r['ci_low'])}–{_num(r['ci_high'])}", diff)
     return t
 
 

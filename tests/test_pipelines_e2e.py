@@ -140,6 +140,21 @@ def test_first_run_registers_promotes_and_deploys(env, first):
     assert "heldout_balanced_accuracy" in mlrun.data.metrics
 
 
+def test_run_report_model_card_is_completed_by_the_last_step(env, first, tmp_path):
+    """The exit step re-renders the training run's report with registry, gate and infra-validation facts,
+    and the registered version points at it (genexflow.report, issue 20)."""
+    from genexflow.report import fetch_run_report, read_page_data
+
+    reg = _registry(env)
+    page = fetch_run_report(first.mlflow_run_id, tmp_path / "report.html", env["ws"].tracking_uri)
+    card = read_page_data(page)["card"]
+    assert card["registry"]["version"] == 1 and "champion" in card["registry"]["aliases"]
+    assert card["gate"]["decision"] == "pass" and card["infra"]["decision"] == "pass"
+    assert card["outcome"]["state"] == "SUCCEEDED" and card["data"]["ingested_md5"].endswith(".dir")
+    v = reg.get("genexflow-classifier", "1")
+    assert v.tags["genexflow.report"] == card["mlflow"]["report_uri"]
+
+
 def test_one_preprocessor_from_fit_to_serving(env, first, tmp_path):
     """The pipeline fitted at preprocess-fit, by its sha256: the same bytes in the bundle that train wrote
     (and that evaluate checked), the registered version's tag and bundle, the ONNX sidecar and the sidecar

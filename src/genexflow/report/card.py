@@ -6,6 +6,7 @@ gets a tag and a description line pointing at the report."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ def fetch_run_report(run_id: str, dst: str | Path, tracking_uri: str | None = No
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the CLI summary clean
     client = MlflowClient(tracking_uri=tracking_uri or None)
     dst = Path(dst)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,25 @@ def _opt(row: pd.Series, key: str) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------ card
+def ingested_cohort(cohort: Cohort) -> dict[str, Any]:
+    """The validated cohort this run's rows came from (ingest's DVC md5, folder and run id): a training split
+    is hashed as itself, the ingested cohort is what DVC versions."""
+    lin = cohort.meta.get("lineage") or {}
+    out: dict[str, Any] = {}
+    if lin.get("run_id"):
+        out["ingest_run"] = lin["run_id"]
+    report = lin.get("report")
+    if report and Path(report).is_file():
+        try:
+            validated = json.loads(Path(report).read_text()).get("validated") or {}
+        except (OSError, ValueError):
+            validated = {}
+        if validated.get("dvc_md5"):
+            out["ingested_md5"] = validated["dvc_md5"]
+            out["ingested_path"] = validated.get("path")
+    return out
+
+
 def card_section(cohort: Cohort, config: Any, lineage: dict[str, Any] | None, run_id: str | None,
                  tracking_uri: str | None, experiment: str | None, model: Any) -> dict[str, Any]:
     lin = dict(lineage or {})
@@ -336,7 +356,8 @@ def card_section(cohort: Cohort, config: Any, lineage: dict[str, Any] | None, ru
     return {
         "data": {"name": lin.get("name", cohort.name), "shape": [lin.get("n_samples", cohort.n_samples),
                                                                   lin.get("n_genes", cohort.n_genes)],
-                 "md5": lin.get("md5"), "md5_source": lin.get("md5_source"), "path": lin.get("path")},
+                 "md5": lin.get("md5"), "md5_source": lin.get("md5_source"), "path": lin.get("path"),
+                 **ingested_cohort(cohort)},
         "parameters": {str(k): v if isinstance(v, bool | int | float | str) or v is None else str(v)
                        for k, v in params.items()},
         "mlflow": {"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment},

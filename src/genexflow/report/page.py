@@ -108,9 +108,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Seq
     return Html(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
-def kv(pairs: Iterable[tuple[str, Any]]) -> Html:
-    """A definition list of label/value pairs."""
-    return Html("<dl class='kv'>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs) + "</dl>")
+def kv(pairs: Iterable[tuple[str, Any]], skip_none: bool = False) -> Html:
+    """A definition list of label/value pairs (``skip_none``: leave out the pairs without a value)."""
+    return Html("<dl class='kv'>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs
+                                            if not (skip_none and v is None)) + "</dl>")
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -280,6 +281,9 @@ def write_page(html: str, path: str | Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a report is for reading
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -364,7 +364,9 @@ def card_body(card: dict[str, Any], meta: dict[str, Any]) -> Html:
     parts = ["<div class='grid'><div><h3>Data</h3>", kv([
         ("dataset", d.get("name")), ("shape (samples × genes)", " × ".join(map(str, d.get("shape") or []))),
         ("checksum (md5)", d.get("md5")), ("checksum source", {"dvc": "DVC (dvc add of the cohort folder)"}.get(
-            d.get("md5_source"), d.get("md5_source"))), ("path", d.get("path"))]),
+            d.get("md5_source"), d.get("md5_source"))), ("path", d.get("path")),
+        ("ingested cohort (DVC md5)", d.get("ingested_md5")), ("ingested cohort folder", d.get("ingested_path")),
+        ("ingest run", d.get("ingest_run"))], skip_none=True),
         "<h3>MLflow</h3>", kv([("run", ml.get("run_id") or "not tracked (--no-tracking)"),
                                ("experiment", ml.get("experiment")), ("tracking URI", ml.get("tracking_uri")),
                                ("report artifact", ml.get("report_uri"))]),

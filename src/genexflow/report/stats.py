@@ -18,6 +18,10 @@ import pandas as pd
 
 #: Primary metric per task (what the gate compares and the tables lead with).
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
+#: The range a metric can take: a model's interval is clipped to it (a t-interval over few folds can
+#: otherwise reach past a perfect score); differences are not clipped.
+BOUNDS = {"balanced_accuracy": (0.0, 1.0), "accuracy": (0.0, 1.0), "roc_auc": (0.0, 1.0), "pr_auc": (0.0, 1.0),
+          "macro_f1": (0.0, 1.0), "r2": (-np.inf, 1.0), "pearson": (-1.0, 1.0)}
 
 
 @dataclass
@@ -102,6 +106,8 @@ def cv_comparison(folds: pd.DataFrame, metric: str, deep: str = "pathwaynet") ->
     rows: dict[str, ModelRow] = {}
     for m in dict.fromkeys(folds["model"]):
         mean, sd, lo, hi = corrected_t_interval(wide[m].to_numpy(), ratio)
+        low, high = BOUNDS.get(metric, (-np.inf, np.inf))
+        lo, hi = (float(np.clip(lo, low, high)), float(np.clip(hi, low, high))) if np.isfinite(mean) else (lo, hi)
         rows[m] = ModelRow(m, int(np.isfinite(wide[m]).sum()), mean, sd, lo, hi, is_deep=m == deep)
     baselines = [m for m in rows if m != deep and np.isfinite(rows[m].mean)]
     if baselines:
