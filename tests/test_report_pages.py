@@ -210,3 +210,27 @@ def test_drift_page_opens_in_chromium(drift, tmp_path):
         assert b.eval("document.body.dataset.plots || 'none'") in ("ready", "none")
         b.screenshot(tmp_path / "drift.png")
         assert b.errors == []
+
+
+def test_quarantine_reasons_come_from_ingests_folder(tmp_path):
+    """The QC section lists what ingest's quarantine writer recorded (reasons.csv), with counts per kind."""
+    import pandas as pd
+
+    from genexflow.ingest.quarantine import QuarantineRecord, write_quarantine
+    from genexflow.report.collect import cohort_section
+    from genexflow.report.render import cohort_body
+
+    c, _ = simulate_cohort(n_samples=12, n_genes=200, n_pathways=8, seed=1)
+    recs = [QuarantineRecord("sample", "S_bad", "cohort", "no_negative_counts", None, -3, "negative count -3"),
+            QuarantineRecord("gene", "GENE_X", "genes", "known_gene_id", "feature_id", "GENE_X", "unmapped ID")]
+    sheet = pd.DataFrame({"label": ["a"]}, index=pd.Index(["S_bad"], name="sample_id"))
+    qdir = write_quarantine(tmp_path / "q" / "run1", "run1", recs, sheet=sheet)
+    c.meta["lineage"] = {"quarantine": {"dir": str(qdir), "counts": {"gene": 1, "sample": 1}, "n_reasons": 2}}
+    cfg = TrainConfig(label="label", batch_column="batch")
+    sec = cohort_section(c, cfg, None, None)
+    q = sec["quarantine"]
+    assert q["counts"] == {"gene": 1, "sample": 1}
+    by_id = {r["id"]: r for r in q["reasons"]}
+    assert set(by_id) == {"S_bad", "GENE_X"} and by_id["S_bad"]["message"] == "negative count -3"
+    html = cohort_body(sec)
+    assert "1 gene, 1 sample" in html and "negative count -3" in html and "unmapped ID" in html
