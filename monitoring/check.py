@@ -174,6 +174,9 @@ def model_outputs_from_bundle(bundle: Path, cohort: Cohort) -> ModelOutputs:
     info = model.info
     preds = out.get("proba") if info.task == "classification" else out.get("prediction")
     metrics = {k: v for k, v in (info.metrics or {}).items() if isinstance(v, int | float)}
+    # prefer the pooled out-of-fold estimate (the one the gate used) over per-fold means
+    oof = ((info.metrics or {}).get("oof") or {}).get("pathwaynet") or {}
+    metrics.update({k: v for k, v in oof.items() if isinstance(v, int | float)})
     return ModelOutputs(predictions=preds, latent=out.get("latent"), reference_metrics=metrics)
 
 

@@ -237,6 +237,9 @@ class Registry:
             "sha256": art.sha256, "metrics": _json(metrics), "baselines": _json(baselines),
             "lineage": _json(lineage), "task": info.task, "value_type": info.value_type,
             "preprocessing_sha256": info.preprocessing_sha256,
+            # the stable estimate from training (pooled out-of-fold, paired with the best baseline): the gate's
+            "oof": _json({k: v for k, v in (info.metrics.get("oof") or {}).items()
+                          if k in ("metric", "split", "n_repeats", "n_rows", "pathwaynet", "vs_best_baseline")}),
             "n_genes": str(len(info.input_genes)), "registered_at": _now(), "artifact_path": "model",
         }
         run = self.client.get_run(run_id)
@@ -339,8 +342,11 @@ class Registry:
              data_description: str = "") -> GateDecision:
         """Compare the challenger with the champion (and baselines) on the same held-out cohort.
 
-        Both models are scored in-process with onnxruntime on ``heldout``; baselines come from ``baselines``
-        or the challenger's ``baselines`` tag (metrics of the baseline models on the same held-out split).
+        Both models are scored in-process with onnxruntime on ``heldout`` (champion vs challenger). Against
+        the baselines the gate decides on the stable estimate when training recorded one (tag ``oof``:
+        pooled out-of-fold predictions of repeated CV, the challenger paired with the best baseline on the
+        same rows, a bootstrap CI of the difference): it fails only when the whole interval lies below
+        ``baseline_margin``. Without it, on ``baselines`` or the ``baselines`` tag (held-out metrics).
         The decision is recorded as ``gate.*`` tags on the challenger version.
         """
         policy = policy or GatePolicy()
@@ -370,8 +376,22 @@ class Registry:
                 reasons.append(f"beats champion v{champ_v} on {m} by {delta:+.4f} (margin {policy.margin:+.4f})")
         else:
             reasons.append("no champion yet")
+        oof = json.loads(ch.tags.get("oof", "{}") or "{}")
+        paired = (oof.get("vs_best_baseline") or {}) if oof.get("metric") == m else {}
         base_vals = {b: v[m] for b, v in base.items() if isinstance(v, dict) and m in v}
-        if base_vals:
+        if paired:
+            # The stable estimate: out-of-fold predictions of repeated CV, the challenger paired with the best
+            # baseline on the same rows. Refused only when the whole interval lies below the margin.
+            d, lo, hi, best = (paired["difference"], paired["ci_low"], paired["ci_high"], paired["baseline"])
+            what = (f"out-of-fold {m} vs best baseline {best}: {d:+.4f} (95% CI {lo:+.4f} to {hi:+.4f}, "
+                    f"{paired.get('n', '?')} rows)")
+            best_case = hi if sign > 0 else -lo  # the interval's most favourable improvement
+            if best_case < policy.baseline_margin:
+                ok = False
+                reasons.append(f"{what} is credibly below the margin {policy.baseline_margin:+.4f}")
+            else:
+                reasons.append(f"{what}; not credibly below the margin {policy.baseline_margin:+.4f}")
+        elif base_vals:
             best = max(base_vals, key=lambda b: sign * base_vals[b])
             delta = sign * (c_val - base_vals[best])
             if delta < policy.baseline_margin:
@@ -385,6 +405,7 @@ class Registry:
             reasons.append(f"{m} {c_val:.4f} misses the floor {policy.min_value}")
         decision = GateDecision(ok, "; ".join(reasons), ch.version, champ_v if champ_m is not None else None,
                                 {"challenger": ch_m, "champion": champ_m, "baselines": base_vals,
+                                 "oof_vs_best_baseline": paired or None,
                                  "n_heldout": int(getattr(heldout, "n_samples", 0)), "data": data_description},
                                 asdict(policy), _now())
         self.tag(name, ch.version, {

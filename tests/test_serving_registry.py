@@ -141,3 +141,25 @@ def test_gate_metrics_regression_and_unknown_labels():
     assert m["rmse"] == pytest.approx(np.sqrt(1 / 3)) and m["mae"] == pytest.approx(1 / 3)
     with pytest.raises(InputError, match="not among"):
         evaluate_labels("classification", np.array(["x"]), np.array([[0.5, 0.5]]), ["a", "b"])
+
+
+def test_gate_decides_baselines_on_the_out_of_fold_estimate(registry, artifacts, heldout):
+    """With training's stable estimate (tag ``oof``: the challenger paired with the best baseline on pooled
+    out-of-fold rows, a bootstrap CI of the difference) the gate uses it instead of single held-out
+    numbers: a CI wholly below the margin fails, one that reaches it passes."""
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    a, _ = artifacts
+    v = registry.register(a, name, baselines={"logreg": {"balanced_accuracy": 0.999}})  # held-out would fail
+    worse = {"metric": "balanced_accuracy", "vs_best_baseline": {
+        "baseline": "logreg_l2", "a": 0.70, "b": 0.85, "difference": -0.15, "ci_low": -0.22, "ci_high": -0.08,
+        "n": 150}}
+    registry.tag(name, v.version, {"oof": worse})
+    d = registry.gate(name, heldout)
+    assert not d.passed and "out-of-fold balanced_accuracy vs best baseline logreg_l2" in d.reason
+    assert "credibly below" in d.reason and d.metrics["oof_vs_best_baseline"]["ci_high"] == -0.08
+    tie = {**worse, "vs_best_baseline": {**worse["vs_best_baseline"], "difference": -0.01, "ci_low": -0.06,
+                                         "ci_high": 0.04}}
+    registry.tag(name, v.version, {"oof": tie})
+    assert registry.gate(name, heldout).passed
+    # a margin the interval cannot reach fails again
+    assert not registry.gate(name, heldout, policy=GatePolicy(baseline_margin=0.05)).passed

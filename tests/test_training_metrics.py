@@ -171,3 +171,38 @@ def test_one_metrics_module_for_cv_gate_and_monitoring():
     reg = reference_performance(t, pd.DataFrame({"pred_value": pred}), "regression")
     assert reg["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(t, pred)))
     assert reg["r2"] == pytest.approx(evaluate("regression", t, pred)["r2"]) == pytest.approx(skm.r2_score(t, pred))
+
+
+def test_paired_bootstrap_difference_and_the_pooled_oof_comparison():
+    """The paired difference is metric(a) - metric(b) on the same rows with an interval around it; the CV
+    comparison pools every repeat's out-of-fold rows and pairs the deep model with the best baseline."""
+    from genexflow.metrics import evaluate, paired_bootstrap_difference
+    from genexflow.training.cv import DEEP, CVResult
+
+    rng = np.random.default_rng(7)
+    n = 80
+    y = rng.integers(0, 2, n)
+    good = np.clip(np.eye(2)[y] * 0.7 + rng.uniform(0, 0.5, (n, 2)), 1e-3, None)
+    good /= good.sum(1, keepdims=True)
+    noise = rng.dirichlet([1, 1], n)
+    d = paired_bootstrap_difference("classification", y, good, noise, "balanced_accuracy", n_boot=300)
+    want = (evaluate("classification", y, good)["balanced_accuracy"]
+            - evaluate("classification", y, noise)["balanced_accuracy"])
+    assert d["difference"] == pytest.approx(want) and d["ci_low"] < d["difference"] < d["ci_high"]
+    assert d["ci_low"] > 0  # clearly better than noise
+    same = paired_bootstrap_difference("classification", y, good, good, "balanced_accuracy", n_boot=50)
+    assert same["ci_low"] == same["ci_high"] == 0.0
+    # two repeats of out-of-fold rows for the deep model and two baselines
+    rows = []
+    for rep in (0, 1):
+        for m, out in ((DEEP, good), ("logreg_l2", noise), ("hist_gb", 1 - good)):
+            rows.append(pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "model": m, "split": f"r{rep}f0",
+                                      "repeat": rep, "group": "", "y_true": y,
+                                      "proba_a": out[:, 0], "proba_b": out[:, 1]}))
+    folds = pd.DataFrame({"model": [DEEP, "logreg_l2", "hist_gb"], "split": "r0f0", "balanced_accuracy": 0.5})
+    cv = CVResult("classification", ["a", "b"], folds, pd.concat(rows, ignore_index=True))
+    cmp = cv.oof_comparison(n_boot=200)
+    assert cmp["n_repeats"] == 2 and cmp["n_rows"] == 2 * n
+    assert cmp[DEEP]["balanced_accuracy"] == pytest.approx(evaluate("classification", y, good)["balanced_accuracy"])
+    assert cmp["vs_best_baseline"]["baseline"] == "logreg_l2"  # noise beats the inverted model
+    assert cmp["vs_best_baseline"]["difference"] == pytest.approx(want)

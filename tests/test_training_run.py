@@ -109,6 +109,12 @@ def test_bundle_round_trip_and_contract(outcome):
     assert [c.name for c in info.covariates] == ["age", "sex"]
     assert info.input_genes == list(cohort.genes)
     assert set(info.metrics["baselines"]) == {"hist_gb"} and "balanced_accuracy" in info.metrics
+    # the stable estimate for the gate and monitoring: pooled out-of-fold, paired with the best baseline
+    oof = info.metrics["oof"]
+    assert oof["pathwaynet"]["balanced_accuracy"] == pytest.approx(out.cv.pooled("pathwaynet")["balanced_accuracy"])
+    vs = oof["vs_best_baseline"]
+    assert vs["baseline"] == "hist_gb" and vs["ci_low"] <= vs["difference"] <= vs["ci_high"]
+    assert vs["n"] == cohort.n_samples
     assert info.lineage["mlflow_run_id"] == out.run_id
     # same predictions from the folder, the objects and the in-memory model, on shuffled gene order
     shuffled = cohort.subset(genes=np.random.default_rng(0).permutation(cohort.n_genes))

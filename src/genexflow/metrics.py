@@ -244,6 +244,55 @@ def bootstrap_ci(
             for k, v in draws.items() if np.isfinite(v).any()}
 
 
+def paired_bootstrap_difference(
+    task: str,
+    y_true: np.ndarray,
+    output_a: np.ndarray,
+    output_b: np.ndarray,
+    metric: str,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``metric(a) - metric(b)`` on the same rows and its percentile bootstrap interval, resampling the rows
+    (within each class for classification) and scoring both outputs on every resample (paired).
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,)
+    output_a, output_b : probabilities (n_samples, n_classes) or predictions (n_samples,)
+    metric : a key of :func:`evaluate`'s result (e.g. ``balanced_accuracy``, ``roc_auc``, ``r2``)
+
+    Returns
+    -------
+    dict with ``a``, ``b``, ``difference``, ``ci_low``, ``ci_high``, ``n`` (rows), ``n_boot``
+    """
+    y_true = np.asarray(y_true)
+    a, b = np.asarray(output_a), np.asarray(output_b)
+    fast = task == "classification" and metric in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+
+    def score(idx: np.ndarray) -> tuple[float, float]:
+        if fast:
+            return (fast_classification_metrics(y_true[idx], a[idx])[metric],
+                    fast_classification_metrics(y_true[idx], b[idx])[metric])
+        return evaluate(task, y_true[idx], a[idx])[metric], evaluate(task, y_true[idx], b[idx])[metric]
+
+    n = len(y_true)
+    full = np.arange(n)
+    va, vb = score(full)
+    rng = np.random.default_rng(seed)
+    groups = ([np.flatnonzero(y_true == c) for c in np.unique(y_true)] if task == "classification"
+              else [full])
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        sa, sb = score(idx)
+        diffs[i] = sa - sb
+    return {"a": float(va), "b": float(vb), "difference": float(va - vb),
+            "ci_low": float(np.nanquantile(diffs, alpha / 2)), "ci_high": float(np.nanquantile(diffs, 1 - alpha / 2)),
+            "n": int(n), "n_boot": int(n_boot)}
+
+
 def summarize(rows: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
     """Mean and standard deviation (ddof=1) of each metric over folds, ignoring NaN."""
     keys = sorted({k for r in rows for k in r})
@@ -269,6 +318,7 @@ __all__ = [
     "fast_classification_metrics",
     "higher_is_better",
     "label_indices",
+    "paired_bootstrap_difference",
     "regression_metrics",
     "summarize",
 ]

@@ -16,7 +16,7 @@ import pandas as pd
 
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
-from genexflow.metrics import evaluate, summarize
+from genexflow.metrics import evaluate, higher_is_better, paired_bootstrap_difference, summarize
 from genexflow.training.baselines import baseline_names, fit_predict_baseline
 from genexflow.training.config import TrainConfig
 from genexflow.training.fit import build_model, fold_target_scaling, train_deep
@@ -116,6 +116,51 @@ class CVResult:
     def per_group(self, metric: str = "accuracy") -> pd.DataFrame:
         """Metric per held-out group (leave-one-batch-out): rows models, columns held-out batches."""
         return self.folds.pivot_table(index="model", columns="group", values=metric, sort=False)
+
+    def outputs(self, model: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(y_true, output, keys)`` of ``model``'s out-of-fold rows, every repeat pooled, ordered by
+        (repeat, sample_id) so two models' rows pair up."""
+        p = self.predictions[self.predictions["model"] == model].sort_values(["repeat", "sample_id"])
+        cols = [f"proba_{c}" for c in self.class_names] if self.task == "classification" else ["prediction"]
+        out = p[cols].to_numpy(np.float64)
+        return p["y_true"].to_numpy(), (out if self.task == "classification" else out[:, 0]), \
+            p[["repeat", "sample_id"]].reset_index(drop=True)
+
+    def pooled(self, model: str) -> dict[str, float]:
+        """Metrics of ``model``'s pooled out-of-fold predictions (all repeats), by :mod:`genexflow.metrics`."""
+        y, out, _ = self.outputs(model)
+        return evaluate(self.task, y, out)
+
+    def oof_comparison(self, metric: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """The stable estimate the registry gate and monitoring use: pooled out-of-fold metrics of every
+        model, and the deep model paired with the best baseline (by pooled ``metric``) on the same rows,
+        with a bootstrap interval of the difference.
+
+        Returns ``{"metric", "pathwaynet": {...}, "baselines": {name: {...}}, "vs_best_baseline": {"baseline",
+        "difference", "ci_low", "ci_high", ...}, "n_rows", "n_repeats", "split"}``.
+        """
+        metric = metric or ("balanced_accuracy" if self.task == "classification" else "r2")
+        if self.predictions.empty:
+            return {}
+        models = self.models
+        pooled = {m: self.pooled(m) for m in models}
+        finite = {m: v for m, v in pooled.items() if np.isfinite(v.get(metric, np.nan))}
+        out: dict[str, Any] = {"metric": metric, "split": self.split_kind,
+                               "n_repeats": int(self.predictions["repeat"].nunique())}
+        if DEEP in pooled:
+            out[DEEP] = pooled[DEEP]
+        out["baselines"] = {m: v for m, v in pooled.items() if m != DEEP}
+        base = {m: v[metric] for m, v in finite.items() if m != DEEP}
+        if DEEP in finite and base:
+            sign = 1.0 if higher_is_better(metric) else -1.0
+            best = max(base, key=lambda m: sign * base[m])
+            y, a, ka = self.outputs(DEEP)
+            _, b, kb = self.outputs(best)
+            if ka.equals(kb):  # the same folds, the same rows
+                cmp = paired_bootstrap_difference(self.task, y, a, b, metric, n_boot=n_boot, seed=seed)
+                out["vs_best_baseline"] = {"baseline": best, **cmp}
+            out["n_rows"] = len(y)
+        return out
 
     def best_baseline(self, metric: str = "balanced_accuracy") -> tuple[str, float]:
         s = self.summary([metric])[f"{metric}_mean"].drop(DEEP, errors="ignore")

@@ -226,13 +226,25 @@ def _default_bundle_dir(run_id: str | None) -> Path:
 
 # --------------------------------------------------------------------------------------------- CV logging
 def bundle_metrics(cvres: CVResult) -> dict[str, Any]:
-    """Flat CV means of the deep model plus ``baselines: {name: {metric: mean}}`` (the registry gate's input)."""
+    """Flat CV means of the deep model plus ``baselines: {name: {metric: mean}}``, and ``oof``
+    (:meth:`CVResult.oof_comparison`: pooled out-of-fold metrics and the deep model vs the best baseline on
+    the same rows with a bootstrap CI), the estimate the registry gate and monitoring's performance-decay
+    check compare with."""
     s = cvres.summary()
     means = [c for c in s.columns if c.endswith("_mean")]
     deep = {c[:-5]: float(s.loc[DEEP, c]) for c in means if DEEP in s.index and np.isfinite(s.loc[DEEP, c])}
     base = {m: {c[:-5]: float(s.loc[m, c]) for c in means if np.isfinite(s.loc[m, c])}
             for m in s.index if m != DEEP}
-    return {**deep, "baselines": base, "cv_split": cvres.split_kind, "cv_folds": int(s["n_folds"].max())}
+    oof = _finite(cvres.oof_comparison())
+    return {**deep, "baselines": base, "cv_split": cvres.split_kind, "cv_folds": int(s["n_folds"].max()),
+            "oof": oof}
+
+
+def _finite(d: Any) -> Any:
+    """JSON-safe copy: NaN/inf floats dropped (bundle.json and MLflow tags are strict JSON)."""
+    if isinstance(d, dict):
+        return {k: _finite(v) for k, v in d.items() if not (isinstance(v, float) and not np.isfinite(v))}
+    return d
 
 
 def log_cv(tracker: Any, cvres: CVResult) -> dict[str, float]:
