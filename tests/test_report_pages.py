@@ -226,6 +226,7 @@ def test_quarantine_reasons_come_from_ingests_folder(tmp_path):
     sheet = pd.DataFrame({"label": ["a"]}, index=pd.Index(["S_bad"], name="sample_id"))
     qdir = write_quarantine(tmp_path / "q" / "run1", "run1", recs, sheet=sheet)
     c.meta["lineage"] = {"quarantine": {"dir": str(qdir), "counts": {"gene": 1, "sample": 1}, "n_reasons": 2}}
+    c.meta["value_type_detected"] = "integer values up to 5e4: counts"  # what ingest records when it detects
     cfg = TrainConfig(label="label", batch_column="batch")
     sec = cohort_section(c, cfg, None, None)
     q = sec["quarantine"]
@@ -234,3 +235,31 @@ def test_quarantine_reasons_come_from_ingests_folder(tmp_path):
     assert set(by_id) == {"S_bad", "GENE_X"} and by_id["S_bad"]["message"] == "negative count -3"
     html = cohort_body(sec)
     assert "1 gene, 1 sample" in html and "negative count -3" in html and "unmapped ID" in html
+    assert "counts (detected: integer values up to 5e4: counts)" in html
+
+
+def test_pathways_show_names_ids_and_links():
+    """Names from the run's priors (the explanation's name columns) or the shipped collections (GO), next to
+    the ID, linked to the pathway's page; crosstalk pairs by name too."""
+    import pandas as pd
+
+    from genexflow.report.collect import biology_section
+    from genexflow.report.render import biology_body
+    from genexflow.training.interpret import Explanation
+
+    genes = pd.DataFrame({"integrated_gradients": [0.3, 0.2]}, index=pd.Index(["TP53", "MYC"], name="gene"))
+    pw = pd.DataFrame({"n_genes": [20, 30, 25], "integrated_gradients": [0.5, 0.4, 0.1],
+                       "name": ["", "Cell cycle", ""]}, index=pd.Index(["GO:0000002", "hsa04110", "R-HSA-1"], name="pathway"))
+    enr = pd.DataFrame({"overlap": [3], "set_size": [20], "fold_enrichment": [4.0], "p_value": [1e-4], "fdr": [0.01]},
+                       index=pd.Index(["GO:0000002"], name="set"))
+    pairs = pd.DataFrame({"pathway_a": ["GO:0000002"], "name_a": [""], "pathway_b": ["hsa04110"],
+                          "name_b": ["Cell cycle"], "strength": [0.7]})
+    ex = Explanation(genes, pw, enr, {}, ["s1", "s2"], "integrated_gradients", pairs)
+    bio = biology_section(ex)
+    names = {p["id"]: p["name"] for p in bio["pathways"]}
+    assert names == {"GO:0000002": "mitochondrial genome maintenance", "hsa04110": "Cell cycle", "R-HSA-1": None}
+    assert bio["pathways"][0]["fdr"] == 0.01 and bio["crosstalk"][0]["b_name"] == "Cell cycle"
+    html = biology_body(bio)
+    assert "href='https://amigo.geneontology.org/amigo/term/GO:0000002'" in html
+    assert "href='https://www.kegg.jp/pathway/hsa04110'" in html and "href='https://reactome.org/content/detail/R-HSA-1'" in html
+    assert html.count("mitochondrial genome maintenance") >= 3  # top pathways, enrichment, crosstalk

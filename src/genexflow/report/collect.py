@@ -111,7 +111,7 @@ def cohort_section(cohort: Cohort, config: Any, pre: Any, qc: dict[str, Any] | N
     out: dict[str, Any] = {
         "name": cohort.name, "n_samples": int(cohort.n_samples), "n_genes": int(cohort.n_genes),
         "value_type": cohort.value_type.value,
-        "value_type_source": lin.get("value_type_source") or cohort.meta.get("value_type_source"),
+        "value_type_source": value_type_source(cohort),
         "n_genes_model": int(len(pre.genes_out_)) if pre is not None and hasattr(pre, "genes_out_") else None,
         "covariates": list(getattr(config, "covariates", []) or []),
         "source": cohort.meta.get("source") or cohort.meta.get("citation"),
@@ -304,7 +304,7 @@ def biology_section(ex: Any) -> dict[str, Any] | None:
                                          if len(pairs) else [])
     if len(enr):
         ids += list(enr.head(TOP_PATHWAYS).index.astype(str))
-    names = pathway_names(dict.fromkeys(ids))
+    names = pathway_names(dict.fromkeys(ids), _explanation_names(ex))
     pw_rows = []
     for pid, r in top.iterrows():
         e = enr.loc[pid] if len(enr) and pid in enr.index else None
@@ -325,11 +325,45 @@ def biology_section(ex: Any) -> dict[str, Any] | None:
             "crosstalk": pair_rows, "n_explained": len(ex.sample_ids)}
 
 
+def _explanation_names(ex: Any) -> dict[str, str]:
+    """The pathway names the explanation carries (its ``name`` columns, from the run's priors)."""
+    out: dict[str, str] = {}
+    for df, pairs in ((ex.pathways, (("name", None),)), (ex.enrichment, (("name", None),)),
+                      (ex.crosstalk_pairs, (("name_a", "pathway_a"), ("name_b", "pathway_b")))):
+        for col, id_col in pairs:
+            if len(df) and col in df.columns:
+                ids = df.index if id_col is None else df[id_col]
+                out.update({str(i): str(n) for i, n in zip(ids, df[col], strict=True) if isinstance(n, str) and n})
+    return out
+
+
 def _opt(row: pd.Series, key: str) -> float | None:
     return float(row[key]) if key in row and pd.notna(row[key]) else None
 
 
 # ------------------------------------------------------------------------------------------------ card
+def ingest_report(cohort: Cohort) -> dict[str, Any]:
+    """Ingest's ``validation.json`` for the cohort (its path is in the cohort's lineage), or {} when the
+    cohort was not ingested or the report is not on this machine."""
+    report = (cohort.meta.get("lineage") or {}).get("report")
+    if not report or not Path(report).is_file():
+        return {}
+    try:
+        return json.loads(Path(report).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def value_type_source(cohort: Cohort) -> str | None:
+    """How the value type was decided: given by the user, or detected by ingest's rule (docs/ingest.md)."""
+    lin = cohort.meta.get("lineage") or {}
+    if lin.get("value_type_source") or cohort.meta.get("value_type_source"):
+        return lin.get("value_type_source") or cohort.meta.get("value_type_source")
+    if cohort.meta.get("value_type_detected"):
+        return f"detected: {cohort.meta['value_type_detected']}"
+    return ingest_report(cohort).get("value_type_source")
+
+
 def ingested_cohort(cohort: Cohort) -> dict[str, Any]:
     """The validated cohort this run's rows came from (ingest's DVC md5, folder and run id): a training split
     is hashed as itself, the ingested cohort is what DVC versions."""
@@ -337,15 +371,10 @@ def ingested_cohort(cohort: Cohort) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if lin.get("run_id"):
         out["ingest_run"] = lin["run_id"]
-    report = lin.get("report")
-    if report and Path(report).is_file():
-        try:
-            validated = json.loads(Path(report).read_text()).get("validated") or {}
-        except (OSError, ValueError):
-            validated = {}
-        if validated.get("dvc_md5"):
-            out["ingested_md5"] = validated["dvc_md5"]
-            out["ingested_path"] = validated.get("path")
+    validated = ingest_report(cohort).get("validated") or {}
+    if validated.get("dvc_md5"):
+        out["ingested_md5"] = validated["dvc_md5"]
+        out["ingested_path"] = validated.get("path")
     return out
 
 

@@ -4,8 +4,10 @@ human-readable name when the shipped priors know it."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote
+
+from genexflow.priors import pathway_names as shipped_names
 
 _KEGG = re.compile(r"^(hsa|mmu|map|ko)\d{5}$")
 _REACTOME = re.compile(r"^R-[A-Z]{3}-\d+(\.\d+)?$")
@@ -53,18 +55,10 @@ def gene_url(gene: str) -> str | None:
     return f"https://www.ncbi.nlm.nih.gov/gene/?term={quote(g)}%5Bsym%5D+AND+human%5Borgn%5D"
 
 
-def pathway_names(ids: Iterable[str]) -> dict[str, str]:
-    """Names for pathway IDs from the shipped priors (empty where the priors do not know one).
-
-    The priors package owns the ID -> name tables; this is the one place the report asks for them.
-    """
+def pathway_names(ids: Iterable[str], known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Names for pathway IDs: ``known`` first (the run's own names, e.g. the explanation's ``name`` columns or
+    ``GenePriors.names``), then the shipped collections (:func:`genexflow.priors.pathway_names`). IDs without a
+    name are left out."""
     ids = [str(i) for i in ids]
-    try:
-        from genexflow.priors import pathway_names as lookup  # added with the Reactome/names work
-    except ImportError:
-        return {}
-    try:
-        names = lookup(ids)
-    except Exception:  # a lookup failure must not stop the report; the IDs still show, with links
-        return {}
-    return {str(k): str(v) for k, v in dict(names).items() if v and str(v) != str(k)}
+    extra = {str(k): str(v) for k, v in (known or {}).items() if v and str(v) != str(k)}
+    return {k: v for k, v in shipped_names(ids, extra).items() if v and v != k}
