@@ -331,7 +331,10 @@ def biology_body(bio: dict[str, Any] | None) -> Html:
               *[g["methods"].get(m) for m in sorted({m for g2 in genes for m in g2["methods"]} - {bio["primary"]})]]
              for i, g in enumerate(genes)], numeric=[True, False, True, True, True, True]))
     if pws:
-        parts.append("<h3>Top pathways</h3>" + table(
+        bare_kegg = any(pathway_source(p["id"]) == "KEGG" and not p.get("name") for p in pws)
+        parts.append("<h3>Top pathways</h3>" + ("<p class='na'>KEGG pathway names are not shipped (there is no offline "
+                                                "source of them); each KEGG ID links to its page on kegg.jp.</p>"
+                                                if bare_kegg else "") + table(
             ["pathway", "source", "genes", "score", "attention", "top genes in set", "enrichment FDR"],
             [[_pathway_cell(p["id"], p.get("name")), pathway_source(p["id"]), p["n_genes"], p["score"],
               p.get("attention"), p.get("overlap"), p.get("fdr")] for p in pws],
