@@ -95,8 +95,10 @@ def test_edger_pieces_match_edger(tmp_path):
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
     X, batch, group, _ = _random_case(rng, G=300)
-    Y = X.T[:, batch == 0]
-    d = np.column_stack([np.ones(Y.shape[1]), group[batch == 0] == "b"]).astype(float)
+    while np.bincount(batch).max() < 4:  # the two-column design needs residual df
+        X, batch, group, _ = _random_case(rng, G=300)
+    Y = X.T[:, batch == np.bincount(batch).argmax()]  # the largest batch: residual df for the design
+    d = np.column_stack([np.ones(Y.shape[1]), group[batch == np.bincount(batch).argmax()] == "b"]).astype(float)
     Y[:20, d[:, 1] == 1] = 0  # fitted means of exactly zero
     Y = Y[Y.sum(1) >= 5]
     off = np.log(Y.sum(0))
@@ -111,6 +113,7 @@ def test_edger_pieces_match_edger(tmp_path):
     for j, p in enumerate((1e-4, 0.05, 0.5)):
         apl = _edger.adjusted_profile_lik(np.full(len(Y), p), Y, d, offm)
         np.testing.assert_allclose(apl, out["apl"][:, j], rtol=1e-9, atol=1e-9, err_msg=f"seed {seed}, disp {p}")
+    assert np.isfinite(out["common"]).all()  # residual df in both designs, so the values are compared
     common = [_edger.disp_cox_reid(Y, d, off), _edger.disp_cox_reid(Y, None, off)]
     np.testing.assert_allclose(common, out["common"][:, 0], rtol=1e-3, err_msg=f"seed {seed}")
     tag = _edger.disp_cox_reid_interpolate_tagwise(Y, d, out["common"][0, 0], off)

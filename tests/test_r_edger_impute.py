@@ -14,6 +14,8 @@ from _rscript import fresh_seed, run_r
 from genexflow.preprocessing import FilterByExpr, impute_knn
 from genexflow.preprocessing.normalize import calc_norm_factors, cpm
 
+MEASURED: dict[str, float] = {}  # max errors of the last run, per comparison (read by reports)
+
 
 def _counts(rng, n=None, G=600):
     """NB counts with library sizes over two orders of magnitude, many zeros, a few all-zero genes."""
@@ -51,7 +53,7 @@ def test_edger_normalization_cpm_and_filter_match_edger(shared_data, tmp_path):
 
     def close(name, ours, ref, tol=1e-12):
         err = float(np.max(np.abs(np.asarray(ours, float).ravel() - ref.ravel()) / np.maximum(1, np.abs(ref.ravel()))))
-        errors[name] = err
+        errors[name] = MEASURED[name] = err
         assert err <= tol, f"seed {seed}, {name}: max relative error {err}"
 
     for k, X in cases.items():
@@ -101,7 +103,7 @@ def test_impute_knn_matches_impute(shared_data, tmp_path):
     for name, X in cases.items():
         for i, p in enumerate(params):
             ours = impute_knn(X, **p)
-            err = float(np.abs(ours - out[f"{name}_{i}"]).max())
+            err = MEASURED[f"impute.knn {name} {p}"] = float(np.abs(ours - out[f"{name}_{i}"]).max())
             assert err <= 1e-10, f"seed {seed}, {name}, {p}: max |ours - impute.knn| = {err}"
     # the parameters matter on these inputs (else one comparison would stand for all)
     assert np.abs(out["golub_0"] - out["golub_1"]).max() > 1e-3
