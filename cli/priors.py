@@ -125,7 +125,7 @@ def priors_score(
         pd.Series({p: names.get(p, "") for p in S.columns}, name="name").rename_axis("pathway").to_csv(nfile, sep="\t")
         console.print(f"pathway names -> {nfile}", markup=False)
     S.index.name = "sample_id"
-    write_matrix(S, out)
+    write_matrix(S, out, [matrix])
     console.print(f"{S.shape[0]} samples x {S.shape[1]} pathways -> {out}", markup=False)
 
 

@@ -146,3 +146,19 @@ def test_repeated_ids_are_refused(d, capsys, axis):
     code, out = cli(["normalize", d / "dup.csv", "-o", d / "n.parquet"], capsys)
     assert code == 2 and f"repeated {axis} ID(s): " in out and ("G1" in out or "s1" in out), out
     assert not (d / "n.parquet").exists()
+
+
+def test_ingest_into_the_folder_of_its_inputs_is_refused(d, capsys):
+    """Before: `ingest x/expression.csv -s x/samples.csv -o x` replaced the sample sheet with the validated one."""
+    from _ingest_helpers import counts_frame, sheet_frame
+
+    folder = d / "cohort"
+    folder.mkdir()
+    m = counts_frame(8, 40)
+    m.to_csv(folder / "expression.csv")
+    sheet_frame(m.index).to_csv(folder / "samples.csv")
+    before = {p.name: digest(p) for p in folder.iterdir()}
+    code, out = cli(["ingest", folder / "expression.csv", "-s", folder / "samples.csv", "--value-type", "counts",
+                     "--no-data-docs", "--dvc", "off", "-o", folder, "--quarantine-root", d / "q"], capsys)
+    assert code == 2 and "is the input file" in out and "samples.csv" in out, out
+    assert {p.name: digest(p) for p in folder.iterdir()} == before

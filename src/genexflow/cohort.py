@@ -212,16 +212,18 @@ class Cohort:
     # ------------------------------------------------------------------ Parquet folder
     def write(self, folder: str | Path) -> Path:
         """Write ``expression.parquet`` (samples as rows), ``samples.csv`` and ``cohort.json``."""
-        from genexflow.io import write_matrix  # lazy: genexflow.io imports this module
+        from genexflow.io import (
+            write_matrix,  # lazy: genexflow.io imports this module
+            write_text_atomic,
+        )
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_matrix(self.frame(), folder / "expression.parquet")
-        self.samples.to_csv(folder / "samples.csv")
-        (folder / "cohort.json").write_text(
-            json.dumps({"name": self.name, "value_type": self.value_type.value, "meta": self.meta,
-                        "n_samples": self.n_samples, "n_genes": self.n_genes}, indent=2, default=str)
-        )
+        write_matrix(self.frame(), folder / "expression.parquet")  # each file atomically
+        write_text_atomic(folder / "samples.csv", self.samples.to_csv())
+        write_text_atomic(folder / "cohort.json", json.dumps(
+            {"name": self.name, "value_type": self.value_type.value, "meta": self.meta,
+             "n_samples": self.n_samples, "n_genes": self.n_genes}, indent=2, default=str))
         return folder
 
     @classmethod

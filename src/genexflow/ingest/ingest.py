@@ -42,7 +42,7 @@ from genexflow.ingest.lineage import dvc_md5, file_md5, record_dvc
 from genexflow.ingest.quarantine import QuarantineRecord, write_quarantine
 from genexflow.ingest.report import render_html
 from genexflow.ingest.values import bad_cells, describe, detect_value_type, missing_cells
-from genexflow.io import read_matrix, read_sample_sheet
+from genexflow.io import check_output, read_matrix, read_sample_sheet
 
 COHORT_FILES = ("expression.parquet", "samples.csv", "cohort.json")
 
@@ -403,6 +403,9 @@ def ingest(
         raise InputError(f"duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {cfg.duplicates!r}")
     covariates = [c for c in (covariates or ()) if c]
     out_dir = Path(out_dir)
+    inputs_on_disk = [p for p in (expression, samples) if isinstance(p, str | Path)]
+    for fname in COHORT_FILES:  # the validated cohort must not land on top of the files it is read from
+        check_output(out_dir / fname, inputs_on_disk, what="--out")
     quarantine_root = Path(quarantine_root)
     inputs = _load_inputs(expression, samples, value_type, cfg, quarantine_root, run_id)
     vt = inputs.value_type
