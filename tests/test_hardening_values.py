@@ -65,6 +65,8 @@ def test_ingest_auto_detects_and_quarantines_the_bad_cell(tmp_path, capsys):
     assert report["value_type"] == "counts" and report["value_type_source"].startswith("detected:")
     validated = pd.read_parquet(tmp_path / "v" / "expression.parquet")
     assert "S03" not in set(validated["sample_id"])
+    lineage = json.loads((tmp_path / "v" / "cohort.json").read_text())["meta"]["lineage"]
+    assert lineage["value_type_source"].startswith("detected: integer-valued")  # travels to the run summary
 
 
 @pytest.mark.parametrize("value_type", ["counts", "log-expression"])

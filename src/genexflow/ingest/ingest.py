@@ -537,6 +537,8 @@ def ingest(
                              gene_positions=sorted(drop_cols))
     lineage_meta = {
         "run_id": run_id, "inputs": report["inputs"], "value_type": vt.value,
+        # "given" or "detected: <rule>" (the run summary and report print it)
+        "value_type_source": report["value_type_source"], "missing_values": report["missing_values"]["n"],
         "gene_ids": {k: report["mapping"][k] for k in ("id_type", "mapping_rate", "n_features", "n_canonical",
                                                        "methods")},
         "duplicate_policy": policy, "n_merged_genes": len(merged),
