@@ -61,11 +61,14 @@ def print_run_summary(console: Console, report: str | Path) -> None:
     """Print the CV table, QC facts, the confounding warning, the gate's decision and the report path."""
     # lazy: the library pulls torch/sklearn; `genexflow --help` imports every command module
     from genexflow.report import gate_sentence, read_page_data
+    from genexflow.report.render import gate_estimate_sentence
 
     data = read_page_data(report)
     if data.get("cv"):
         console.print(cv_table(data["cv"]))
         console.print(data["cv"]["verdict"], markup=False, highlight=False)
+        if data["cv"].get("gate_estimate"):
+            console.print(gate_estimate_sentence(data["cv"]["gate_estimate"]), markup=False, highlight=False)
     else:
         console.print("cross-validation: skipped (0 folds), no comparison with the baselines on the same folds",
                       markup=False, highlight=False)

@@ -66,6 +66,10 @@ def test_report_has_every_section_and_the_runs_numbers(run):
     assert rows[best]["is_best_baseline"]
     f = out.cv.folds.pivot_table(index="split", columns="model", values="balanced_accuracy")
     assert rows["pathwaynet"]["diff"] == pytest.approx((f["pathwaynet"] - f[best]).mean())
+    # the registry gate's stable estimate, as training recorded it in the bundle
+    oof = out.model.info.metrics["oof"]["vs_best_baseline"]
+    assert data["cv"]["gate_estimate"]["difference"] == pytest.approx(oof["difference"])
+    assert "The registry gate decides on the pooled out-of-fold estimate" in html
     # batch views: the correction lowers the batch silhouette of the simulator's planted batch effect
     views = data["batch"]["views"]
     assert views["after"]["batch_silhouette"] < views["before"]["batch_silhouette"]
@@ -99,7 +103,8 @@ def test_pipeline_step_fills_the_model_card_from_the_registry(run):
     client.create_registered_model(name)
     mv = client.create_model_version(name, f"runs:/{out.run_id}/bundle", run_id=out.run_id)
     client.set_registered_model_alias(name, "champion", mv.version)
-    metrics = {"challenger": {"balanced_accuracy": 0.9}, "champion": None, "baselines": {"logreg_l2": 0.85}}
+    metrics = {"challenger": {"balanced_accuracy": 0.9}, "champion": None, "baselines": {"logreg_l2": 0.85},
+               "oof_vs_best_baseline": {"difference": 0.05, "ci_low": -0.01, "ci_high": 0.11, "baseline": "logreg_l2"}}
     for k, v in {"gate.decision": "pass", "gate.reason": "beats best baseline logreg_l2 by +0.0500",
                  "gate.metrics": json.dumps(metrics), "gate.policy": json.dumps({"metric": "balanced_accuracy",
                                                                                  "margin": 0.0, "baseline_margin": 0.0}),
@@ -113,7 +118,7 @@ def test_pipeline_step_fills_the_model_card_from_the_registry(run):
     local = client.download_artifacts(out.run_id, "report/report.html", str(tmp / "dl"))
     card = read_page_data(local)["card"]
     assert card["registry"]["version"] == int(mv.version) and card["registry"]["aliases"] == ["champion"]
-    assert card["gate"]["decision"] == "pass" and "+0.0500 vs best baseline logreg_l2" in card["gate"]["margin"]
+    assert card["gate"]["decision"] == "pass" and "+0.0500 (95% CI -0.0100 to +0.1100) out-of-fold vs best baseline logreg_l2" in card["gate"]["margin"]
     assert card["infra"]["details"]["n_requests"] == 4 and card["outcome"]["state"] == "SUCCEEDED"
     html = open(local).read()
     assert "The registry gate passed for version" in html

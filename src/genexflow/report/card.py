@@ -55,8 +55,12 @@ def _gate_margin(metrics: dict[str, Any], policy: dict[str, Any]) -> str | None:
     champ = (metrics.get("champion") or {}).get(m)
     if isinstance(champ, int | float):
         out.append(f"{sign * (ch - champ):+.4f} vs champion")
+    paired = metrics.get("oof_vs_best_baseline") or {}
     base = metrics.get("baselines") or {}
-    if base:
+    if paired.get("difference") is not None:  # the gate's stable estimate (out-of-fold, paired, bootstrap CI)
+        out.append(f"{paired['difference']:+.4f} (95% CI {paired.get('ci_low', float('nan')):+.4f} to "
+                   f"{paired.get('ci_high', float('nan')):+.4f}) out-of-fold vs best baseline {paired.get('baseline')}")
+    elif base:
         best = max(base, key=lambda b: sign * base[b])
         out.append(f"{sign * (ch - base[best]):+.4f} vs best baseline {best}")
     return "; ".join(out) or None

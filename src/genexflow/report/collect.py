@@ -87,7 +87,7 @@ def collect_run_data(
                  "primary_metric": PRIMARY.get(task, "balanced_accuracy")},
         "cohort": cohort_section(cohort, config, pre, qc),
         "batch": batch_section(cohort, config, pre, confounding),
-        "cv": cv_section(cv, task),
+        "cv": cv_section(cv, task, (getattr(getattr(model, "info", None), "metrics", None) or {}).get("oof")),
         "oof": oof_section(cv),
         "learning": learning_section(cv, model),
         "biology": biology_section(explanation),
@@ -233,7 +233,9 @@ def batch_section(cohort: Cohort, config: Any, pre: Any, confounding: Any) -> di
 
 
 # ------------------------------------------------------------------------------------------------ CV
-def cv_section(cv: Any, task: str) -> dict[str, Any] | None:
+def cv_section(cv: Any, task: str, oof: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Per-fold comparison table plus, when training recorded it, the gate's stable estimate ``oof``
+    (:meth:`CVResult.oof_comparison`: pooled out-of-fold, deep model paired with the best baseline)."""
     if cv is None or not len(getattr(cv, "folds", [])):
         return None
     metric = PRIMARY.get(task, "balanced_accuracy")
@@ -250,6 +252,9 @@ def cv_section(cv: Any, task: str) -> dict[str, Any] | None:
         "other_metrics": {m: {model: [float(summary.loc[model, f"{m}_mean"]), float(summary.loc[model, f"{m}_sd"])]
                               for model in summary.index} for m in other},
         "n_unlabeled": int(folds.attrs.get("n_unlabeled", 0)),
+        "gate_estimate": {**(oof.get("vs_best_baseline") or {}), "metric": oof.get("metric"),
+                          "n_rows": oof.get("n_rows"), "n_repeats": oof.get("n_repeats")}
+        if oof and oof.get("vs_best_baseline") else None,
     }
 
 

@@ -92,6 +92,14 @@ def summary_body(data: dict[str, Any]) -> Html:
     return Html(f"<div class='{cls}'><ul class='facts'>{''.join(facts)}</ul></div>")
 
 
+def gate_estimate_sentence(g: dict[str, Any]) -> str:
+    """The registry gate's stable estimate in one sentence (pooled out-of-fold, paired, bootstrap CI)."""
+    return (f"The registry gate decides on the pooled out-of-fold estimate: deep model - {g.get('baseline')} = "
+            f"{g.get('difference', float('nan')):+.3f} {g.get('metric')} (95% bootstrap CI "
+            f"{g.get('ci_low', float('nan')):+.3f} to {g.get('ci_high', float('nan')):+.3f}; {g.get('n_rows')} rows, "
+            f"{g.get('n_repeats')} repeat(s)).")
+
+
 def gate_sentence(card: dict[str, Any]) -> str:
     """The gate's decision in one sentence (or why there was none)."""
     g = card.get("gate")
@@ -228,7 +236,10 @@ def cv_body(cv: dict[str, Any] | None) -> Html:
         rows.append([r["model"] + (" (deep model)" if r["is_deep"] else ""), r["n_folds"],
                      Html(f"{r['mean']:.3f} ± {r['sd']:.3f}"), Html(f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"), diff])
         classes.append("deep" if r["is_deep"] else "")
-    parts = [f"<p><b>{esc(cv['verdict'])}</b></p>",
+    parts = [f"<p><b>{esc(cv['verdict'])}</b></p>"]
+    if cv.get("gate_estimate"):
+        parts.append(f"<p>{esc(gate_estimate_sentence(cv['gate_estimate']))}</p>")
+    parts += [
              f"<p>{esc(cv['split'])} CV, {cv['n_folds']} folds ({cv['n_repeats']} repeat"
              f"{'s' if cv['n_repeats'] != 1 else ''}); primary metric <code>{esc(m)}</code>.</p>",
              table(["model", "folds", f"{m} mean ± SD", "95% CI", "paired Δ vs best baseline [95% CI]"], rows,
