@@ -162,3 +162,20 @@ def test_ingest_into_the_folder_of_its_inputs_is_refused(d, capsys):
                      "--no-data-docs", "--dvc", "off", "-o", folder, "--quarantine-root", d / "q"], capsys)
     assert code == 2 and "is the input file" in out and "samples.csv" in out, out
     assert {p.name: digest(p) for p in folder.iterdir()} == before
+
+
+def test_score_reads_a_pandas_index_parquet_as_pandas_does(tmp_path, capsys):
+    """The batch reader takes its row labels from the same rule as read_matrix (not the leftover index)."""
+    from genexflow.serving.toy import make_toy_artifact, toy_cohort
+
+    art = make_toy_artifact(tmp_path / "art", n_genes=20)
+    co = toy_cohort(art.info, 12)
+    frame = co.frame().reset_index()
+    kept = frame[frame.index % 2 == 0]  # a filtered frame keeps its row numbers as the index
+    kept.to_parquet(tmp_path / "kept.parquet")
+    co.samples.to_csv(tmp_path / "s.csv")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "kept.parquet").names
+    code, out = cli(["score", tmp_path / "kept.parquet", "--samples", tmp_path / "s.csv", "--local", "--artifact",
+                     tmp_path / "art", "-o", tmp_path / "p.parquet"], capsys)
+    assert code == 0, out
+    assert list(pd.read_parquet(tmp_path / "p.parquet").index) == list(kept["sample_id"])
