@@ -225,7 +225,7 @@ def render(rows: list[dict]) -> str:
         best = now[now.model.isin(PANEL)].bacc.max() if now.model.isin(PANEL).any() else np.nan
         for _, r in now.iterrows():
             b = f"{before.loc[r.model, 'bacc']:.3f}" if r.model in before.index else ""
-            gap = "" if r.model in PANEL else f"{100 * (r.bacc - best):+.1f}"
+            gap = "" if r.model in PANEL or not np.isfinite(best) else f"{100 * (r.bacc - best):+.1f}"
             twin = now[now.model == TWINS.get(r.model, "")]
             tgap = f"{100 * (r.bacc - twin.bacc.iloc[0]):+.1f} ({TWINS[r.model]})" if len(twin) else ""
             out.append(f"| {r.model} | {r.bacc:.3f} ± {r.bacc_sd:.3f} | {r.auc:.3f} ± {r.auc_sd:.3f} | {r.repeats} "
