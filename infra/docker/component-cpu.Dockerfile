@@ -11,6 +11,14 @@
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 # checkov:skip=CKV_DOCKER_7: the base is this build argument; its default is pinned (test_infra_docker.py)
 
+# The dependency list alone (pyproject.toml also holds tool settings that change often): the layers that
+# install the dependencies are rebuilt only when this list or constraints.txt changes.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > requirements.txt
+
 FROM ${BASE_IMAGE} AS build
 # Optional pip sources (a mirror, local wheel folders and a proxy's CA bundle, mounted read-only by the
 # build); unset by default, so pip uses PyPI. RUN steps see build arguments as environment variables.
@@ -27,13 +35,11 @@ ENV PATH=/opt/venv/bin:$PATH
 # here (= constraints.txt's pin) so that this ~1 GB layer does not depend on the other pins.
 RUN pip install --no-cache-dir --only-binary=:all: --index-url "${TORCH_INDEX_URL}" "torch==2.13.0+cpu"
 COPY constraints.txt ./
-# The dependencies (pyproject.toml's list, pinned by constraints.txt) before the code, in their own layers:
-# a code change rebuilds only the small genexflow wheel, not the ~2 GB of dependencies.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
-        > requirements.txt \
-    && pip install --no-cache-dir -c constraints.txt -r requirements.txt
-COPY setup.py README.md ./
+# The dependencies (pinned by constraints.txt) before the code, in their own layers: a code change rebuilds
+# only the small genexflow wheel, not the ~2 GB of dependencies.
+COPY --from=requirements /src/requirements.txt ./
+RUN pip install --no-cache-dir -c constraints.txt -r requirements.txt
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 COPY cli ./cli
 COPY components ./components
