@@ -280,7 +280,7 @@ def _result(task: str, labels: Labels, fold_rows: list, pred_rows: list, histori
     preds = pd.concat(pred_rows, ignore_index=True) if pred_rows else pd.DataFrame()
     modular = histories.pop("_modular", [])
     return CVResult(task, labels.class_names, folds, preds, histories, kind,
-                    pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
+                    modular=pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
 
 
 def _baseline_inputs(fold: PreparedFold, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -318,7 +318,7 @@ def nested_cv(
     hist = {k: v for p in parts for k, v in p.histories.items()}
     modular = [p.modular for p in parts if not p.modular.empty]
     cv = CVResult(cfg.task, labels.class_names, folds, preds, hist, split,
-                  pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
+                  modular=pd.concat(modular, ignore_index=True) if modular else pd.DataFrame())
     return NestedCVResult(cv, best_params, inner_best, searched)
 
 
