@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -28,8 +29,6 @@ def progress() -> Progress:
 @contextmanager
 def step(description: str):
     """Show a spinner while a step runs and its wall time when it ends."""
-    import time
-
     t0 = time.perf_counter()
     with console.status(f"[bold]{description}…"):
         yield

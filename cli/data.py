@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
+from genexflow import datasets
 from genexflow.cli._common import console, step
+from genexflow.simulate import simulate_cohort
 
 datasets_app = typer.Typer(help="Shipped demo cohorts (golub, geuvadis_sex, bladderbatch).", no_args_is_help=True)
 
@@ -15,10 +18,6 @@ datasets_app = typer.Typer(help="Shipped demo cohorts (golub, geuvadis_sex, blad
 @datasets_app.command("list")
 def datasets_list() -> None:
     """List the shipped cohorts with shape, labels and license."""
-    from rich.table import Table
-
-    from genexflow import datasets
-
     table = Table("name", "samples", "genes", "value type", "sample columns", "license")
     for name in datasets.LOADERS:
         c = datasets.load(name)
@@ -33,8 +32,6 @@ def datasets_export(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (expression.parquet + samples.csv)."),
 ) -> None:
     """Write a shipped cohort as a cohort folder (samples as rows, first column sample_id)."""
-    from genexflow import datasets
-
     with step(f"export {name}"):
         cohort = datasets.load(name)
         cohort.write(out)
@@ -61,8 +58,6 @@ def simulate(
                                                        "(0 = batch independent of the label, 1 = confounded)."),
 ) -> None:
     """Simulate a realistic cohort (NB counts, pathway programs, batches, covariates) with its ground truth."""
-    from genexflow.simulate import simulate_cohort
-
     with step(f"simulate {n_samples} x {n_genes}"):
         cohort, truth = simulate_cohort(
             n_samples=n_samples, n_genes=n_genes, n_pathways=n_pathways, n_informative=n_informative,

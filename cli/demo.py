@@ -6,9 +6,11 @@ logistic regression, printing the metrics. ``genexflow run`` runs the full Kubef
 
 from __future__ import annotations
 
+import numpy as np
 import typer
 
-from genexflow.cli._common import console, step
+from genexflow import datasets
+from genexflow.cli._common import console, progress, step
 
 
 def demo(
@@ -16,14 +18,12 @@ def demo(
     folds: int = typer.Option(5, help="Stratified cross-validation folds."),
 ) -> None:
     """Cross-validate a baseline classifier on a shipped cohort and print its metrics."""
-    import numpy as np
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, f1_score
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from genexflow import datasets
 
     label = {"golub": "label", "geuvadis_sex": "sex", "bladderbatch": "cancer"}.get(dataset, "label")
     with step(f"load {dataset}"):
@@ -34,7 +34,6 @@ def demo(
     y = cohort.samples[label].astype(str).to_numpy()
     pred = np.empty_like(y)
     cv = StratifiedKFold(folds, shuffle=True, random_state=0)
-    from genexflow.cli._common import progress
 
     with progress() as bar:
         task = bar.add_task("cross-validation", total=folds)

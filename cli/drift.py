@@ -13,12 +13,18 @@ Prometheus metrics.
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
 from genexflow.cli._common import console, step
+from genexflow.errors import InputError
+from genexflow.monitoring.metrics import StateDirCollector
+from genexflow.monitoring.metrics import serve_metrics as start
+from genexflow.monitoring.policy import DriftPolicy
 
 EXIT_DRIFT = 3
 
@@ -50,12 +56,12 @@ def _resolve_model(model: str, model_name: str, tracking_uri: str | None, out: P
     path = Path(model)
     if path.exists():
         return path
-    from genexflow.errors import InputError
 
     name, _, ref = model.partition("@") if "@" in model else (model_name, "", model)
     if "/" in ref or ref.endswith((".json", ".parquet")):
         raise InputError(f"{model}: no such bundle or reference folder")
     try:
+        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
         from genexflow.serving.registry import default_tracking_uri, registered_bundle
     except ImportError as exc:  # the registry is part of the serving area
         raise InputError(f"--model {model}: the model registry is not available ({exc}); pass a bundle or "
@@ -67,8 +73,6 @@ def _resolve_model(model: str, model_name: str, tracking_uri: str | None, out: P
 
 def _cohort_files(new_cohort: Path, samples: Path | None) -> tuple[Path, Path]:
     """Expression matrix and sample sheet of the new cohort (for the retraining run's arguments)."""
-    from genexflow.errors import InputError
-
     if new_cohort.is_dir():
         expr = next((p for p in (new_cohort / "expression.parquet", new_cohort / "expression.csv") if p.exists()),
                     None)
@@ -112,11 +116,8 @@ def check(
                                        help=f"Exit {EXIT_DRIFT} when drift is detected."),
 ) -> None:
     """Check NEW_COHORT for drift against the model's reference profile; exit 3 on drift."""
-    import json
-
-    from genexflow.errors import InputError
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.monitoring.check import drift_check, record_trigger
-    from genexflow.monitoring.policy import DriftPolicy
 
     policy = DriftPolicy.from_file(policy_file) if policy_file else DriftPolicy()
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def check(
     uri = tracking_uri
     if uri is None:
         try:
+            # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
             from genexflow.serving.registry import default_tracking_uri
 
             uri = default_tracking_uri()
@@ -136,6 +138,7 @@ def check(
                              evidently=evidently, max_pathways=max_pathways)
     d = result.decision
     if trigger and (d.drift or force):
+        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
         from genexflow.pipelines.trigger import trigger_retrain
         from genexflow.profile import ReferenceProfile
 
@@ -144,6 +147,7 @@ def check(
         if not label_col:
             raise InputError("retraining needs the label column: pass --label")
         expr, sheet = _cohort_files(new_cohort, samples)
+        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
         from genexflow.pipelines.workspace import Workspace, training_arguments
 
         ws = Workspace.default()
@@ -154,6 +158,7 @@ def check(
                                  model_key=key, force=force, workspace=ws, host=kfp_host)
         record_trigger(result, tr, uri)
         console.print(f"retraining: {tr.reason}" + (f" ({tr.url or tr.run_id})" if tr.run_id else ""), markup=False)
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.report import write_drift_page  # lazy: pulls torch/sklearn (keeps --help fast)
 
     page = write_drift_page(out, mlflow_run_id=result.mlflow_run_id, tracking_uri=uri)
@@ -184,6 +189,7 @@ def profile(
     gene_sets: str = typer.Option("kegg", "--gene-sets", help="kegg, go_bp, progeny, a GMT file, or none."),
 ) -> None:
     """Build a reference profile from a cohort (training does this for you inside the model bundle)."""
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.monitoring.check import _as_cohort
     from genexflow.profile import build_reference_profile
 
@@ -205,12 +211,8 @@ def serve_metrics(
     once: bool = typer.Option(False, "--once", help="Print the metrics text once and exit (no server)."),
 ) -> None:
     """Expose drift metrics for Prometheus (re-read from --state-dir at every scrape)."""
-    import time
-
+    # lazy: prometheus_client is only needed for metrics export
     from prometheus_client import CollectorRegistry, generate_latest
-
-    from genexflow.monitoring.metrics import StateDirCollector
-    from genexflow.monitoring.metrics import serve_metrics as start
 
     if once:
         reg = CollectorRegistry()

@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from genexflow.cli._common import console, step
+from genexflow.errors import InputError
+from genexflow.ingest import IngestConfig
+from genexflow.ingest import ingest as run_ingest
+from genexflow.ingest.ingest import default_name
 
 
 def _split(text: str | None) -> list[str]:
@@ -15,8 +21,6 @@ def _split(text: str | None) -> list[str]:
 
 
 def _ranges(items: list[str]) -> dict:
-    from genexflow.errors import InputError
-
     out = {}
     for item in items:
         try:
@@ -72,10 +76,6 @@ def ingest(
 
     Exits 2 with the failing expectation, the offending samples or genes and their count when a critical check fails.
     """
-    from genexflow.ingest import IngestConfig
-    from genexflow.ingest import ingest as run_ingest
-    from genexflow.ingest.ingest import default_name
-
     cohort_name = name or default_name(expression)
     out = out or Path("data") / "validated" / cohort_name
     ranges = _ranges(covariate_range) if covariate_range else {"age": (0, 130)}
@@ -95,7 +95,6 @@ def ingest(
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    from rich.table import Table
 
     table = Table(show_header=False, box=None)
     rate = "n/a (probes kept)" if result.mapping_rate is None else f"{result.mapping_rate:.1%}"
@@ -112,7 +111,6 @@ def ingest(
     for k, v in rows:
         table.add_row(f"[bold]{k}[/]", v)
     console.print(table)
-    from rich.markup import escape
 
     for line in summary["quarantine_reasons"][:10]:
         console.print(f"[yellow]quarantined:[/] {escape(line)}", highlight=False)

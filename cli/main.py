@@ -12,6 +12,8 @@ import sys
 
 import typer
 
+import genexflow.cli as pkg
+from genexflow import __version__
 from genexflow.errors import GenexflowError
 from genexflow.stack import signals
 
@@ -33,8 +35,6 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:
     if version:
-        from genexflow import __version__
-
         typer.echo(f"genexflow {__version__}")
         raise typer.Exit()
     _state["debug"] = debug or os.environ.get("GENEXFLOW_DEBUG") == "1"
@@ -44,8 +44,6 @@ def _root(
 
 
 def _register_all() -> None:
-    import genexflow.cli as pkg
-
     for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if mod.name in ("main",) or mod.name.startswith("_"):
             continue

@@ -5,11 +5,14 @@ list, register, gate, validate (infra validation in a real Triton), promote, rol
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from genexflow.cli._common import console, step
+from genexflow.cohort import Cohort
 
 models_app = typer.Typer(help="Model registry: register, gate, infra-validate, promote, roll back, deploy.",
                          no_args_is_help=True)
@@ -21,6 +24,7 @@ _NAME = typer.Option("genexflow-classifier", "--name", "-n", help="Registered mo
 
 
 def _registry(uri: str | None):
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.registry import Registry, check_reachable, default_tracking_uri
 
     uri = uri or default_tracking_uri()
@@ -32,10 +36,6 @@ def _registry(uri: str | None):
 def models_list(name: str = _NAME, tracking_uri: str | None = _URI,
                 as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List registered versions with aliases, gate / infra decisions and sha256."""
-    import json
-
-    from rich.table import Table
-
     reg = _registry(tracking_uri)
     versions = reg.versions(name)
     if as_json:
@@ -74,7 +74,7 @@ def models_gate(
     baseline_margin: float = typer.Option(0.0, help="Required improvement over the best baseline."),
 ) -> None:
     """Compare a version with the champion and the baselines on the same held-out data (exit 1 on fail)."""
-    from genexflow.cohort import Cohort
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.registry import GatePolicy
 
     cohort = Cohort.read(heldout)
@@ -103,7 +103,7 @@ def models_validate(
     atol: float = typer.Option(1e-5, help="Allowed difference from in-process onnxruntime."),
 ) -> None:
     """Infra validation: load the exact artifact in a real Triton, send canaries, compare (exit 1 on fail)."""
-    from genexflow.cohort import Cohort
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.infra_validate import validate_registered
 
     cohort = Cohort.read(heldout) if heldout else None
@@ -173,8 +173,6 @@ def models_deploy(
 @models_app.command("history")
 def models_history(name: str = _NAME, tracking_uri: str | None = _URI) -> None:
     """Print the recorded decisions (gate, infra validation, promote, rollback) as JSON lines."""
-    import json
-
     for event in _registry(tracking_uri).history(name):
         typer.echo(json.dumps(event, sort_keys=True))
 

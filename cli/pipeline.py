@@ -3,17 +3,25 @@ schedule|run|params`` (Kubeflow Pipelines: compile specs, submit runs and recurr
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
 
+from genexflow import datasets
 from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console
 from genexflow.cli._summary import print_run_summary
 from genexflow.errors import InputError
+from genexflow.io import read_sample_sheet
 from genexflow.overrides import load_config_file, nest_dotted, parse_overrides
+from genexflow.serving.triton_server import TritonServer
 
 pipeline_app = typer.Typer(help="Kubeflow pipelines: compile, submit, schedule (cron), run locally.",
                            no_args_is_help=True)
@@ -44,12 +52,8 @@ def _split_list(values: list[str] | None) -> list[str]:
 
 
 def _parse_params(params: list[str] | None, params_file: Path | None) -> dict[str, Any]:
-    from genexflow.errors import InputError
-
     out: dict[str, Any] = {}
     if params_file is not None:
-        import yaml
-
         data = yaml.safe_load(params_file.read_text()) or {}
         if not isinstance(data, dict):
             raise InputError(f"{params_file}: expected a mapping of pipeline parameters")
@@ -129,7 +133,7 @@ def run(
     infra-validate in Triton -> promote -> deploy. Prints each step as it runs and where the run, the
     registered model version and the reports are.
     """
-    from genexflow.errors import InputError
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.pipelines.workspace import Workspace, run_training, training_arguments
 
     ws = Workspace(workspace) if workspace else Workspace.default()
@@ -156,8 +160,6 @@ def run(
     preprocessing = train_config.pop("preprocessing", {}) if isinstance(train_config.get("preprocessing"), dict) else {}
     conf = None
     if batch_column:
-        from genexflow.io import read_sample_sheet
-
         conf = print_confounding(read_sample_sheet(samples), label, batch_column, str(train_config.get("task", "auto")))
     methods: dict[str, Any] = {"preprocessing": dict(preprocessing)}
     combat = batch_method_overrides(batch_method, no_combat, methods, conf)
@@ -201,8 +203,6 @@ def _check_baselines(names: list[str], task: str) -> None:
 
 def _export_dataset(name: str, ws) -> tuple[Path, Path]:
     """Write a shipped cohort as files in the user layout (expression.parquet + samples.csv)."""
-    from genexflow import datasets
-
     folder = ws.datasets / name
     expr, sheet = folder / "expression.parquet", folder / "samples.csv"
     if not (expr.exists() and sheet.exists()):
@@ -211,8 +211,6 @@ def _export_dataset(name: str, ws) -> tuple[Path, Path]:
 
 
 def _print_training_summary(result) -> None:
-    from rich.console import Console
-
     out = Console(soft_wrap=True)
     _print_steps(result.run, out)
     out.print(f"[bold]pipeline run[/]     {result.run.run_dir}  ({result.run.seconds:.0f} s, log {result.run.log_path})")
@@ -241,6 +239,7 @@ def _print_training_summary(result) -> None:
     for label, path in result.reports.items():
         out.print(f"[bold]{label:<16}[/] {_viewable(path)}", highlight=False)
     if result.mlflow_run_id:  # the report as the last step completed it (model card: registry, gate, infra)
+        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
         from genexflow.report import fetch_run_report  # lazy: pulls torch/sklearn (keeps --help fast)
 
         report = fetch_run_report(result.mlflow_run_id, result.run.run_dir / "report.html",
@@ -254,7 +253,6 @@ def _viewable(path: str) -> str:
     head = p.read_bytes()[:200].lstrip().lower() if p.is_file() else b""
     if p.suffix or not head.startswith((b"<html", b"<!doctype")):
         return str(p)
-    import shutil
 
     html = p.with_name(p.name + ".html")
     shutil.copyfile(p, html)
@@ -272,6 +270,7 @@ def compile_cmd(
     check: bool = typer.Option(False, "--check", help="Do not write; exit 1 if the checked-in specs are stale."),
 ) -> None:
     """Compile the pipelines to KFP IR YAML (validated after writing)."""
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import compile as comp
 
     if check:
@@ -292,7 +291,7 @@ def compile_cmd(
 
 
 def _package(pipeline: str, portable: bool) -> Path:
-    from genexflow.errors import InputError
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import compile as comp
 
     if pipeline in comp.PIPELINES:
@@ -318,8 +317,7 @@ def submit_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the request body and send nothing."),
 ) -> None:
     """Submit a one-off run of a compiled pipeline to a Kubeflow Pipelines endpoint."""
-    import datetime as dt
-
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import submit as sub
 
     package = _package(pipeline, portable)
@@ -354,6 +352,7 @@ def schedule_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the request body and send nothing."),
 ) -> None:
     """Create a recurring (cron) run of a compiled pipeline, e.g. the monitoring pipeline every morning."""
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import submit as sub
 
     package = _package(pipeline, portable)
@@ -381,8 +380,10 @@ def run_cmd(
 ) -> None:
     """Run any pipeline locally with kfp.local, with explicit parameters (MLflow/quarantine/Triton
     repository default to the workspace)."""
-    from genexflow.errors import InputError
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import compile as comp
+
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.pipelines.workspace import Workspace, _run_with_env
 
     if pipeline not in comp.PIPELINES:
@@ -399,14 +400,12 @@ def run_cmd(
     if serve:
         if "triton_url" not in accepted:
             raise InputError(f"--serve applies to pipelines that score through Triton, not {pipeline}")
-        from genexflow.serving.triton_server import TritonServer
 
         with TritonServer(ws.triton_repository) as server:
             console.print(f"local Triton on {ws.triton_repository} at {server.url}")
             res = _run_with_env(p, {**args, "triton_url": server.url}, ws, cache, _progress_printer())
     else:
         res = _run_with_env(p, args, ws, cache, _progress_printer())
-    from rich.console import Console
 
     out = Console(soft_wrap=True)
     _print_steps(res, out)
@@ -418,15 +417,13 @@ def params_cmd(
     pipeline: str = typer.Argument("training", help="training, batch-inference, monitoring or a compiled YAML file."),
 ) -> None:
     """List a pipeline's parameters, types and defaults."""
-    from rich.table import Table
-
+    # lazy: kfp takes seconds to import, and `genexflow --help` imports every command module
     from genexflow.pipelines import submit as sub
 
     spec = sub.load_package(_package(pipeline, portable=True))
     table = Table("parameter", "type", "default")
     for k, v in sorted(sub.pipeline_parameters(spec).items()):
         table.add_row(k, str(v["type"]), json.dumps(v["default"]) if "default" in v else "(required)")
-    from rich.console import Console
 
     Console().print(table)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import typer
 from rich.markup import escape
 
@@ -17,7 +19,7 @@ from genexflow.cli._common import console, step
 from genexflow.cohort import ValueType
 from genexflow.errors import InputError
 from genexflow.ingest.values import check_cells, describe, detect_value_type, missing_cells
-from genexflow.io import check_output, check_unique_ids, read_matrix, write_matrix
+from genexflow.io import check_output, check_unique_ids, read_matrix, read_sample_sheet, write_matrix
 
 ORIENT_HELP = "Rows of the input: samples, genes or auto (decided from the first column name)."
 
@@ -55,8 +57,6 @@ def _say_missing(df, what: str) -> None:
 
 def _sheet(samples: Path, index, columns: list[str]):
     """Sample-sheet rows in matrix order, checking that the needed columns exist."""
-    from genexflow.io import read_sample_sheet
-
     sheet = read_sample_sheet(samples)
     missing_ids = index.difference(sheet.index)
     if len(missing_ids):
@@ -96,8 +96,7 @@ def normalize(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """Library-size normalization with edgeR semantics (CPM, log-CPM, TMM log-CPM), TPM/FPKM, log2(x+1)."""
-    import pandas as pd
-
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.normalize import CPMNormalizer, LengthNormalizer, Log2p1, read_gene_lengths
 
     check_output(out, [inp], what="-o/--out")
@@ -136,6 +135,7 @@ def filter_genes(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """Drop low-expression genes (blueprint rule, or filterByExpr); kept genes stay in input order."""
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter
 
     check_output(out, [inp, samples], what="-o/--out")
@@ -164,9 +164,7 @@ def impute(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """KNN imputation with impute::impute.knn semantics (neighbours are genes)."""
-    import numpy as np
-    import pandas as pd
-
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.impute import KNNImputer
 
     check_output(out, [inp], what="-o/--out")
@@ -194,8 +192,7 @@ def combat(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """ComBat batch correction with sva::ComBat numerics (parametric / non-parametric / mean-only / reference)."""
-    import pandas as pd
-
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.combat import ComBat
 
     covs = _split(covariates)
@@ -230,9 +227,7 @@ def combat_seq(
     orientation: str = typer.Option("auto", help=ORIENT_HELP),
 ) -> None:
     """ComBat-seq (negative binomial) on raw counts, sva::ComBat_seq semantics; writes integer counts."""
-    import numpy as np
-    import pandas as pd
-
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.combat_seq import ComBatSeq
 
     covs = _split(covariates)
@@ -267,6 +262,7 @@ def combat_report(
 
 
 def _report(a, b, batch, biology, out: Path, n_pcs: int = 10) -> None:
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.preprocessing.report import batch_correction_report
 
     with step("quality report"):

@@ -31,6 +31,7 @@ def pretrain(
 
     Example: genexflow pretrain bladderbatch extra_arrays/ --out encoders/bladder --epochs 50
     """
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.training.inputs import load_training_cohort
     from genexflow.training.pretrain import PretrainConfig, register_encoder
     from genexflow.training.pretrain import pretrain as run_pretrain
@@ -50,6 +51,7 @@ def pretrain(
     console.print(f"encoder: {len(enc.genes)} genes x {enc.n_samples} samples from {', '.join(enc.sources)}; "
                   f"{len(enc.history)} epochs, best held-out reconstruction MSE {best:.4f}", markup=False)
     if not no_tracking:
+        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
         from genexflow.training.tracking import default_tracking_uri
 
         reg = register_encoder(enc, out, tracking_uri or default_tracking_uri(), experiment, register_as)

@@ -10,9 +10,14 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import typer
+from rich.table import Table
 
 from genexflow.cli._common import console, step
+from genexflow.cohort import Cohort
+from genexflow.io import read_matrix, write_matrix
 
 priors_app = typer.Typer(help="Biological priors: gene sets, gene graphs, pathway scores.", no_args_is_help=True)
 
@@ -32,9 +37,6 @@ class GraphSource(StrEnum):
 
 def _read_frame(path: Path, orientation: str):
     """(samples x genes DataFrame) from a cohort folder / .h5ad or a matrix file."""
-    from genexflow.cohort import Cohort
-    from genexflow.io import read_matrix
-
     with step(f"read {path.name}"):
         if path.is_dir() or path.suffix == ".h5ad":
             return Cohort.read(path).frame()
@@ -44,9 +46,7 @@ def _read_frame(path: Path, orientation: str):
 @priors_app.command("list")
 def priors_list() -> None:
     """Shipped gene-set collections with their set counts and sizes."""
-    import numpy as np
-    from rich.table import Table
-
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.priors import SHIPPED, load_gene_sets
     from genexflow.priors.genesets import PROVENANCE, gene_set_names
 
@@ -81,6 +81,7 @@ def priors_build(
     orientation: str = _ORIENT,
 ) -> None:
     """Restrict gene sets to the cohort's genes and build the gene graph; write them to --out."""
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.priors import build_priors
 
     X = _read_frame(cohort, orientation)
@@ -109,9 +110,7 @@ def priors_score(
     orientation: str = _ORIENT,
 ) -> None:
     """Pathway scores: the mean expression of each set's member genes, per sample."""
-    import pandas as pd
-
-    from genexflow.io import write_matrix
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.priors import PathwayScorer
     from genexflow.priors.genesets import gene_set_names
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
 import typer
 
 from genexflow.cli._common import console, progress, step
+from genexflow.errors import InputError
+from genexflow.io import (
+    atomic_output,
+    check_output,
+    check_unique_ids,
+    read_matrix,
+    read_sample_sheet,
+    write_text_atomic,
+)
+from genexflow.paths import workspace_dir
+from genexflow.serving import local_stack
+from genexflow.serving.triton_server import TritonServer
 from genexflow.stack import signals
 
 _MODEL = typer.Option("genexflow_classifier", "--model-name", help="Triton model name.")
@@ -18,6 +32,7 @@ def export(
     latent: bool = typer.Option(False, "--latent", help="Add the autoencoder latent as a second output."),
 ) -> None:
     """Export preprocessing + model as ONE ONNX graph (raw expression in) with its JSON sidecar."""
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.export import export_bundle
 
     with step(f"export {bundle}"):
@@ -46,13 +61,9 @@ def serve(
     Whatever goes wrong before the model serves (deploy, load, Ctrl-C, SIGTERM), the server is stopped:
     only a serving server is left running, and only with --no-block.
     """
-    import time
-
-    from genexflow.paths import workspace_dir
-    from genexflow.serving import local_stack
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.registry import Registry
     from genexflow.serving.repository import deploy
-    from genexflow.serving.triton_server import TritonServer
 
     repository = repository or workspace_dir() / "triton" / "models"
     repository.mkdir(parents=True, exist_ok=True)
@@ -103,7 +114,7 @@ def predict(
     max_missing: float = typer.Option(0.2, help="Refuse when more than this fraction of model genes is absent."),
 ) -> None:
     """Predict samples through a Triton server; genes are aligned to the model by ID."""
-    from genexflow.io import check_output, check_unique_ids, read_matrix, read_sample_sheet, write_text_atomic
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.client import TritonClient
 
     if out is not None:
@@ -114,8 +125,6 @@ def predict(
     if sheet is not None:
         missing = frame.index.difference(sheet.index)
         if len(missing):
-            from genexflow.errors import InputError
-
             raise InputError(f"{len(missing)} samples are not in the sample sheet (e.g. {', '.join(missing[:3])})")
         sheet = sheet.loc[frame.index]
     with TritonClient(url, model_name, protocol, timeout_s=timeout, retries=retries) as client:
@@ -123,14 +132,13 @@ def predict(
     if absent:
         console.print(f"[yellow]{len(absent)} model genes absent from the input (filled as in training), "
                       f"e.g. {', '.join(absent[:5])}[/]")
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.batch import _version_label
 
     df.insert(len(df.columns), "model_version", _version_label(contract))
     if out is None:
         typer.echo(df.to_csv(), nl=False)
     elif out.suffix == ".parquet":
-        from genexflow.io import atomic_output
-
         with atomic_output(out) as tmp:
             df.to_parquet(tmp)
     else:
@@ -156,10 +164,7 @@ def score(
     threads: int = typer.Option(1, help="--local: onnxruntime threads per call."),
 ) -> None:
     """Score a cohort of any size in streamed chunks; resumes an interrupted run without duplicates."""
-    import tempfile
-
-    from genexflow.errors import InputError
-    from genexflow.io import check_output
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.serving.batch import PARTS_SUFFIX, CohortSource, LocalRunner, TritonRunner, score_cohort
 
     if local == (url is not None):
@@ -168,11 +173,13 @@ def score(
     src = CohortSource(cohort, samples)
     with tempfile.TemporaryDirectory() as tmp:
         if local:
+            # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
             from genexflow.export import load_artifact
 
             if artifact is not None:
                 runner = LocalRunner(load_artifact(artifact), threads)
             else:
+                # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
                 from genexflow.serving.registry import Registry
 
                 art, v = Registry(tracking_uri).download(name, model, Path(tmp) / "artifact")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
 from genexflow.cli._common import console, step
+from genexflow.serving import local_stack as local
 from genexflow.stack.mlflow_server import redact
 
 
@@ -42,8 +44,6 @@ def register(app: typer.Typer) -> None:
         triton_metrics_port: int = typer.Option(8002, help="Triton metrics port (0 = free port)."),
     ) -> None:
         """Start the services detached, wait for their health checks and record them."""
-        from genexflow.serving import local_stack as local
-
         if backend_store_uri and redact(backend_store_uri) != backend_store_uri and \
                 backend_store_uri in " ".join(sys.argv):
             console.print("[yellow]warning:[/] the --backend-store-uri password is visible in `ps`; pass the URI "
@@ -70,10 +70,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the status as JSON on stdout."),
     ) -> None:
         """Show each recorded service's pid, process state and health; exit 1 if any is unhealthy."""
-        from dataclasses import asdict
-
-        from genexflow.serving import local_stack as local
-
         services = local.status(state_dir)
         if as_json:
             typer.echo(json.dumps([asdict(s) for s in services], indent=2))
@@ -92,8 +88,6 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL."),
     ) -> None:
         """Stop the recorded services (SIGTERM, then SIGKILL after --timeout) and clear the state."""
-        from genexflow.serving import local_stack as local
-
         with step("stop the local stack"):
             stopped = local.down(state_dir, timeout=timeout)
         console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}", markup=False)

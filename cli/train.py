@@ -6,10 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from genexflow.cli._batch import batch_method_overrides, print_confounding
 from genexflow.cli._common import console, progress
 from genexflow.cli._summary import print_run_summary
+from genexflow.cohort_checks import check_trainable
+from genexflow.errors import InputError
+from genexflow.ingest.values import describe, missing_cells
 
 
 def _split(text: str | None) -> list[str]:
@@ -68,7 +72,7 @@ def train(
 
     Example: genexflow train golub --label label --cv 5 --epochs 50 --out bundles/golub
     """
-    from genexflow.errors import InputError
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.training.config import MODEL_PRESETS, parse_overrides
     from genexflow.training.inputs import build_config, load_training_cohort
     from genexflow.training.trainer import init_distributed
@@ -92,6 +96,7 @@ def train(
     _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
            experiment, run_name, explain_samples, no_shap, quiet=not dist.is_main)
     if dist.active:  # on an error the rank raises instead and torchrun stops the others
+        # lazy: only needed for DDP runs
         import torch.distributed as tdist
 
         tdist.barrier()  # rank 0 is still writing the bundle
@@ -100,10 +105,7 @@ def train(
 
 def _train(c, path, cfg, baselines, cv, split, repeats, hpo, hpo_sampler, out, no_tracking, tracking_uri,
            experiment, run_name, explain_samples, no_shap, quiet: bool) -> None:
-    from rich.markup import escape
-
-    from genexflow.cohort_checks import check_trainable
-    from genexflow.ingest.values import describe, missing_cells
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
     from genexflow.training.baselines import baseline_names
     from genexflow.training.cv import DEEP, encode_labels
     from genexflow.training.run import Hooks, train_and_track
