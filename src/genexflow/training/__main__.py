@@ -14,6 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+from genexflow.metrics import evaluate
+from genexflow.training.config import parse_overrides
+from genexflow.training.cv import encode_labels
+from genexflow.training.inputs import build_config, load_training_cohort
+from genexflow.training.model import TrainedModel
+from genexflow.training.trainer import init_distributed
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m genexflow.training", description=__doc__.splitlines()[0])
@@ -39,10 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from genexflow.training.config import parse_overrides
-    from genexflow.training.inputs import build_config, load_training_cohort
-    from genexflow.training.model import TrainedModel
-    from genexflow.training.trainer import init_distributed
 
     cfg = build_config(
         args.config, parse_overrides(args.set), task=args.task, label=args.label, batch_column=args.batch_column,
@@ -60,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
             record: dict = {"world_size": dist.world_size, "history": model.history,
                             "best_epoch": model.info.extra["best_epoch"]}
             if args.eval:
-                from genexflow.metrics import evaluate
-                from genexflow.training.cv import encode_labels
-
                 ev, _ = load_training_cohort(args.eval, None, None)
                 lab = encode_labels(ev, cfg, model.info.class_names or None)
                 ev = ev.subset(lab.labeled)
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "metrics.json").write_text(json.dumps(record, indent=1, default=float))
     finally:
         if dist.active:
+            # lazy: only needed for DDP runs
             import torch.distributed as tdist
 
             tdist.barrier()

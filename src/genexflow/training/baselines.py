@@ -29,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from genexflow.errors import InputError
+from genexflow.priors.scores import PathwayScorer
 
 #: Baselines run by default (elastic-net is slower; ask for it by name).
 DEFAULT_CLASSIFICATION = ("logreg_l2", "hist_gb", "random_forest", "pathway_logreg")
@@ -63,7 +64,6 @@ def make_baseline(name: str, task: str, seed: int = 0, gene_sets: Mapping[str, S
     if name.startswith("pathway_"):
         if gene_sets is None or genes is None:
             raise InputError(f"baseline {name!r} needs gene sets and gene names")
-        from genexflow.priors.scores import PathwayScorer
 
         head = make_baseline("logreg_l2" if clf else "ridge", task, seed)
         return make_pipeline(PathwayScorer(dict(gene_sets), min_size=1, genes=list(genes)), StandardScaler(), head)

@@ -31,6 +31,7 @@ from genexflow.training.folds import (
 )
 from genexflow.training.labels import Labels, encode_labels
 from genexflow.training.model import TrainedModel
+from genexflow.training.modular import RANK_METRIC, modular_scores
 from genexflow.training.splits import Split, make_splits
 from genexflow.training.trainer import EpochCallback, predict_module
 
@@ -80,7 +81,6 @@ class CVResult:
         if self.modular.empty:
             return self.modular
         num = self.modular.drop(columns=["split"]).groupby("pathway").mean()
-        from genexflow.training.modular import RANK_METRIC
 
         return num.sort_values(RANK_METRIC[self.task], ascending=False, kind="stable")
 
@@ -249,8 +249,6 @@ def _run_fold(fold: PreparedFold, sp: Split, cfg: TrainConfig, class_names: list
         if trained is not None:
             trained[sp.name] = res
         if "pathway_output" in out:
-            from genexflow.training.modular import modular_scores
-
             m = modular_scores(y_test, out["pathway_output"], fold.priors.pathways, cfg.task)
             histories.setdefault("_modular", []).append(m.reset_index().assign(split=sp.name))
         info = {**base, "seconds": time.perf_counter() - t0 + fold.seconds, "best_epoch": res.best_epoch}

@@ -8,20 +8,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from genexflow.models import PathwayNet
 from genexflow.training.config import TrainConfig
 from genexflow.training.folds import PreparedFold
+from genexflow.training.pretrain import encoder_sizes, init_from_pretrained
 from genexflow.training.splits import train_val_split
-from genexflow.training.trainer import EpochCallback, Trainer, TrainResult
+from genexflow.training.trainer import EpochCallback, Trainer, TrainResult, seed_everything
+from genexflow.training.wide import init_wide
 
 
 def build_model(priors: Any, n_covariates: int, n_outputs: int, cfg: TrainConfig):
     """A fresh :class:`~genexflow.models.PathwayNet` for the fold's priors (seeded by the caller)."""
-    from genexflow.models import PathwayNet
-
     opts = {"recon_weight": cfg.recon_weight, **cfg.model}
     if cfg.init_from:  # the autoencoder branch takes the pretrained encoder's sizes
-        from genexflow.training.pretrain import encoder_sizes
 
         opts.update(encoder_sizes(cfg.init_from))
     return PathwayNet.from_priors(priors, n_covariates=n_covariates, n_outputs=n_outputs, task=cfg.task, **opts)
@@ -30,21 +31,15 @@ def build_model(priors: Any, n_covariates: int, n_outputs: int, cfg: TrainConfig
 def train_deep(fold: PreparedFold, cfg: TrainConfig, n_outputs: int,
                callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
     """Train the deep model on the fold's training rows, early-stopping on an inner stratified split."""
-    from genexflow.training.trainer import seed_everything
-
     fit_idx, val_idx = train_val_split(fold.train.y, cfg.val_fraction, cfg.seed,
                                        stratify=cfg.task == "classification")
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(fold.priors, fold.train.covariates.shape[1], n_outputs, cfg)
     fit = fold.train.take(fit_idx)
     if cfg.init_from:
-        from genexflow.training.pretrain import init_from_pretrained
-
         init_from_pretrained(module, cfg.init_from, fold.genes)
     started = False
     if getattr(module, "wide", None) is not None and cfg.wide_init != "none":
-        from genexflow.training.wide import init_wide
-
         # The GLM sees every training row of the fold, the early-stopping rows included: on cohorts of
         # tens of samples those rows are worth more to it than an unbiased start score. The start's
         # validation loss is then optimistic, so the deep branches have to beat the GLM clearly to be kept.
@@ -62,7 +57,6 @@ def fold_target_scaling(res: TrainResult) -> None:
     (and its ONNX export) outputs targets on the original scale."""
     if res.target_mean == 0.0 and res.target_std == 1.0:
         return
-    import torch
 
     head = getattr(res.module, "head", None)
     last = head[-1] if isinstance(head, torch.nn.Sequential) else None

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.cluster import KMeans
 
 from genexflow.bundle import CovariateSpec, encode_covariates, fit_covariates
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.preprocessing.pipeline import PreprocessingConfig, PreprocessingPipeline
+from genexflow.priors import build_priors
 from genexflow.training.config import DEFAULT_MAX_GENES, TrainConfig
 from genexflow.training.trainer import TensorData
 
@@ -65,8 +67,6 @@ def data_driven_gene_sets(X: np.ndarray, genes: Sequence[str], n_sets: int | Non
     Used when the gene IDs match no gene set (e.g. unannotated microarray probes), so the pathway tokens
     become co-expression modules. Fitted on training rows only, like everything else in a fold.
     """
-    from sklearn.cluster import KMeans
-
     G = X.shape[1]
     k = n_sets or int(np.clip(G // 25, 4, 64))
     Z = X - X.mean(0)
@@ -79,8 +79,6 @@ def data_driven_gene_sets(X: np.ndarray, genes: Sequence[str], n_sets: int | Non
 def fold_priors(genes: Sequence[str], cfg: TrainConfig, X_train: np.ndarray | None = None) -> Any:
     """Priors over the fold's kept genes: the configured gene sets restricted to them, or (when fewer than
     3 sets survive, e.g. probe IDs) co-expression modules of the training rows."""
-    from genexflow.priors import build_priors
-
     try:
         pri = build_priors(list(genes), cfg.gene_sets, min_size=cfg.gene_set_min_size)
         if pri.n_pathways >= 3:

@@ -25,6 +25,8 @@ from genexflow.errors import InputError
 from genexflow.metrics import LOWER_IS_BETTER
 from genexflow.overrides import nest_dotted
 from genexflow.training.config import NESTED_FIELDS, TrainConfig
+from genexflow.training.cv import DEEP, CVResult, cross_validate, encode_labels
+from genexflow.training.splits import make_splits
 
 #: TPE search space over hidden sizes, learning rate, dropout, GCN and attention depth.
 DEFAULT_SPACE: dict[str, tuple] = {
@@ -121,10 +123,8 @@ def run_hpo(
         that fold stops; the first ``prune_startup`` trials always run to the end.
     on_trial : callable ``(number, value, state)``
     """
+    # lazy: optuna is only needed for HPO
     import optuna
-
-    from genexflow.training.cv import DEEP, cross_validate
-    from genexflow.training.splits import make_splits
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     metric = metric or ("balanced_accuracy" if cfg.task == "classification" else "r2")
@@ -143,8 +143,6 @@ def run_hpo(
     prn = (optuna.pruners.MedianPruner(n_startup_trials=prune_startup, n_warmup_steps=0) if pruner == "median"
            else optuna.pruners.NopPruner())
     study = optuna.create_study(direction=direction, sampler=samp, pruner=prn)
-
-    from genexflow.training.cv import encode_labels
 
     labels = encode_labels(cohort, cfg)
     data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
@@ -245,8 +243,6 @@ class NestedCVResult:
 
     def optimism(self, metric: str | None = None) -> float:
         """Mean inner best value minus the outer-fold mean of the deep model (positive = optimistic)."""
-        from genexflow.training.cv import DEEP
-
         metric = metric or ("balanced_accuracy" if self.cv.task == "classification" else "r2")
         outer = self.cv.folds.loc[self.cv.folds["model"] == DEEP, metric]
         return float(np.mean(self.inner_best) - outer.mean())
@@ -288,9 +284,6 @@ def nested_cv(
     tracker : RunTracker, optional
         Inner trials become nested runs (``outer-<fold>/trial-<n>``).
     """
-    from genexflow.training.cv import CVResult, cross_validate, encode_labels
-    from genexflow.training.splits import make_splits
-
     labels = encode_labels(cohort, cfg)
     data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
     y = labels.y[labels.labeled]
@@ -365,9 +358,6 @@ def batch_size_sweep(
     largest (fastest per epoch) whose mean is within ``tolerance`` of the best mean. Splits use other
     shuffles than the reported CV (as :func:`run_hpo`).
     """
-    from genexflow.training.cv import DEEP, cross_validate, encode_labels
-    from genexflow.training.splits import make_splits
-
     metric = metric or ("balanced_accuracy" if cfg.task == "classification" else "r2")
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     sizes = sorted({int(b) for b in sizes})

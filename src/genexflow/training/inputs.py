@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from genexflow import datasets
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.io import read_cohort, read_sample_sheet
 from genexflow.overrides import load_config_file
 from genexflow.training.config import TrainConfig
 
@@ -18,9 +20,6 @@ def load_training_cohort(source: str | Path, samples: str | Path | None = None,
 
     Returns the cohort and the path to record as lineage (``None`` for a shipped dataset).
     """
-    from genexflow import datasets
-    from genexflow.io import read_cohort
-
     p = Path(source)
     if not p.exists():
         if str(source) in datasets.LOADERS:
@@ -30,8 +29,6 @@ def load_training_cohort(source: str | Path, samples: str | Path | None = None,
     if p.is_dir() or p.suffix == ".h5ad":
         c = Cohort.read(p)
         if samples is not None:
-            from genexflow.io import read_sample_sheet
-
             sheet = read_sample_sheet(samples)
             c = Cohort(c.X, c.genes, sheet.reindex(c.sample_ids), c.value_type, c.name, c.meta)
         if value_type:

@@ -22,9 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy.stats import false_discovery_control, hypergeom
 
 from genexflow.errors import InputError
-from genexflow.training.trainer import TensorData, call_module, task_output
+from genexflow.training._pyfunc import SingleInputModel
+from genexflow.training.trainer import TensorData, call_module, predict_module, task_output
 
 METHODS = ("attention", "saliency", "integrated_gradients", "shap")
 
@@ -42,8 +45,6 @@ def _forward_fn(module, task: str):
 
 def _targets(module, data: TensorData, task: str, target: str | int | None, batch_size: int = 256):
     """Per-sample output index to explain: predicted class (default), a fixed class, or 0 (regression)."""
-    import torch
-
     if task != "classification":
         return torch.zeros(len(data), dtype=torch.long)
     if isinstance(target, int | np.integer):
@@ -85,18 +86,18 @@ def gene_attributions(module, data: TensorData, task: str, method: str = "integr
     ndarray of shape (n, G)
         Signed attributions (saliency: absolute gradients).
     """
-    import torch
-
     module = module.cpu().eval()
     x = torch.as_tensor(data.X).requires_grad_(True)
     c = torch.as_tensor(data.covariates)
     tgt = _targets(module, data, task, target)
     f = _forward_fn(module, task)
     if method == "saliency":
+        # lazy: captum takes seconds to import
         from captum.attr import Saliency
 
         return Saliency(f).attribute(x, target=tgt, additional_forward_args=(c,), abs=True).detach().numpy()
     if method == "integrated_gradients":
+        # lazy: captum takes seconds to import
         from captum.attr import IntegratedGradients
 
         attr = IntegratedGradients(f).attribute(
@@ -112,10 +113,8 @@ def gene_attributions(module, data: TensorData, task: str, method: str = "integr
 def shap_values(module, data: TensorData, task: str, background: TensorData, targets: np.ndarray,
                 nsamples: int = 100, seed: int = 0) -> np.ndarray:
     """Expected-gradients SHAP values of the explained output per sample, genes only: (n, G)."""
+    # lazy: shap takes seconds to import
     import shap
-    import torch
-
-    from genexflow.training._pyfunc import SingleInputModel
 
     G = data.X.shape[1]
     wrapper = SingleInputModel(module, G, data.covariates.shape[1], "regression").eval()
@@ -145,8 +144,6 @@ def shap_values(module, data: TensorData, task: str, background: TensorData, tar
 
 def pathway_attention(module, data: TensorData) -> np.ndarray | None:
     """Class-token attention over pathways, (n, P), or None when the model has no attention."""
-    from genexflow.training.trainer import predict_module
-
     out = predict_module(module, data, "classification" if _is_clf(module) else "regression")
     return out.get("attention")
 
@@ -158,8 +155,6 @@ def pathway_crosstalk(module, data: TensorData, pathways: Sequence[str]) -> tupl
     ``γ <v_kj, v_kl> s_j s_l`` to logit k. Returns per pathway ``|γ| · ||V_j|| · sd(s_j)`` (P,) and the
     pairs ranked by ``|γ| · sqrt(Σ_k <v_kj, v_kl>²) · sd(s_j) · sd(s_l)``: ``pathway_a, pathway_b, strength``.
     """
-    import torch
-
     V = getattr(module, "fm_factors", None)
     if V is None or not len(pathways):
         return None
@@ -203,8 +198,6 @@ def hypergeometric_enrichment(top_genes: Sequence[str], universe: Sequence[str],
     DataFrame indexed by set name: ``overlap, set_size, n_top, expected, fold_enrichment, p_value, fdr``
     sorted by p-value.
     """
-    from scipy.stats import false_discovery_control, hypergeom
-
     uni = pd.Index(pd.unique(np.asarray(list(map(str, universe)), dtype=object)))
     top = set(map(str, top_genes)) & set(uni)
     rows = []

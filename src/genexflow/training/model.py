@@ -28,6 +28,7 @@ from genexflow.bundle import (
 )
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
+from genexflow.priors import GenePriors
 from genexflow.profile import build_reference_profile
 from genexflow.training.config import TrainConfig
 from genexflow.training.fit import train_deep
@@ -175,8 +176,6 @@ class TrainedModel:
         module = module_from_state(state)
         priors = None
         if (Path(folder) / "priors" / "priors.json").is_file():
-            from genexflow.priors import GenePriors
-
             priors = GenePriors.load(Path(folder) / "priors")
         return cls(info, pre, module, priors, pickled=PickledPreprocessing.read(Path(folder) / PREPROCESSING_FILE))
 

@@ -7,14 +7,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from genexflow.priors.names import pathway_label
 
 
 def _plt():
+    # lazy: matplotlib is only needed for plots
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # lazy: matplotlib is only needed for plots
     import matplotlib.pyplot as plt
 
     return plt
@@ -46,8 +49,6 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], titl
 
 def roc_curves(y_true: np.ndarray, probas: Mapping[str, np.ndarray], class_names: Sequence[str]):
     """One-vs-rest ROC (macro over classes shown as the positive class for binary) per model."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     y_true = np.asarray(y_true).astype(int)

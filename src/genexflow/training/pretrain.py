@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -147,7 +148,6 @@ def pool_cohorts(cohorts: Sequence[Cohort]) -> Cohort:
         raise InputError(f"pretraining cohorts mix value types ({', '.join(sorted(vts))}); pool one platform")
     if len(cohorts) == 1:
         return cohorts[0]
-    import pandas as pd
 
     common = [g for g in cohorts[0].genes if all(g in set(c.genes) for c in cohorts[1:])]
     if len(common) < 10:
@@ -175,6 +175,7 @@ def pretrain(cohorts: Cohort | Sequence[Cohort], config: PretrainConfig | None =
     -------
     PretrainedEncoder
     """
+    # lazy: genexflow.training.cv imports fit, which imports this module
     from genexflow.training.config import TrainConfig
     from genexflow.training.cv import make_preprocessing, transform
     from genexflow.training.trainer import seed_everything, warmup_cosine
@@ -287,6 +288,7 @@ def register_encoder(encoder: PretrainedEncoder, folder: str | Path, tracking_ur
 
     Returns ``{"run_id", "model_name", "version"}``.
     """
+    # lazy: mlflow takes seconds to import
     import mlflow
     import mlflow.pytorch
 

@@ -32,10 +32,14 @@ from genexflow.metrics import (
 from genexflow.paths import workspace_dir
 from genexflow.priors.genesets import provenance_tags
 from genexflow.report import write_run_report
+from genexflow.training import plots
 from genexflow.training.config import TrainConfig
 from genexflow.training.cv import DEEP, CVResult, cross_validate
+from genexflow.training.hpo import batch_size_sweep, nested_cv, run_hpo
+from genexflow.training.interpret import explain
 from genexflow.training.model import TrainedModel
 from genexflow.training.tracking import NullTracker, RunTracker, markdown_table
+from genexflow.training.trainer import current_dist
 
 
 @dataclass
@@ -104,8 +108,6 @@ def train_and_track(
     and the bundle stores its bytes unchanged; without it the final model fits its own. See the module
     docstring for what is logged.
     """
-    from genexflow.training.trainer import current_dist
-
     check_trainable(cohort, cfg.label, cfg.task, cfg.covariates or (), cfg.batch_column)
     # Under torchrun every rank runs this function (the trainer needs them all); only rank 0 tracks,
     # explains and writes the bundle.
@@ -125,7 +127,6 @@ def train_and_track(
 
         if cfg.batch_sizes:
             stage(f"batch-size sweep {list(cfg.batch_sizes)} ({cfg.lr_scaling} lr scaling)")
-            from genexflow.training.hpo import batch_size_sweep
 
             sweep = batch_size_sweep(cohort, cfg, cfg.batch_sizes, cfg.lr_scaling,
                                      tracker=tracker if tracking else None)
@@ -136,7 +137,6 @@ def train_and_track(
         untuned = cfg
         if hpo_trials > 0:
             stage(f"hyper-parameter search ({hpo_trials} trials)")
-            from genexflow.training.hpo import run_hpo
 
             hpo = run_hpo(cohort, cfg, n_trials=hpo_trials, sampler=hpo_sampler, space=hpo_space,
                           tracker=tracker if tracking else None, on_trial=hooks.on_trial,
@@ -161,7 +161,6 @@ def train_and_track(
             if hpo is not None:
                 # Nested: every outer fold runs its own search on its training rows, so the reported score
                 # never saw the data it was tuned on (the search above only picks the final model's config).
-                from genexflow.training.hpo import nested_cv
 
                 nested = nested_cv(cohort, untuned, n_trials=hpo_trials, split=split, n_splits=cv,
                                    n_repeats=n_repeats, inner_splits=min(3, cv), baselines=baselines,
@@ -198,7 +197,6 @@ def train_and_track(
         explanation = None
         if explain_samples > 0 and explain_methods:
             stage("interpretability")
-            from genexflow.training.interpret import explain
 
             explanation = explain(model, cohort, methods=explain_methods, n_samples=explain_samples,
                                   seed=cfg.seed)
@@ -249,8 +247,6 @@ def _finite(d: Any) -> Any:
 
 def log_cv(tracker: Any, cvres: CVResult) -> dict[str, float]:
     """Per-fold metrics (step = fold index), summary means/SDs, tables, OOF predictions, plots, CIs."""
-    from genexflow.training import plots
-
     for model, g in cvres.folds.groupby("model", sort=False):
         for i, row in enumerate(g.itertuples(index=False)):
             vals = {k: getattr(row, k) for k in cvres.metric_names()}
@@ -321,7 +317,6 @@ def oof_deep_predictions(cvres: CVResult, cohort: Cohort) -> np.ndarray | None:
 def log_final_plots(tracker: Any, model: TrainedModel, cohort: Cohort) -> None:
     if not getattr(tracker, "active", False):
         return
-    from genexflow.training import plots
 
     tracker.log_figure(plots.learning_curves({"final": model.history}, "final model"), "plots/learning_curves_final.png")
     out = model.predict_arrays(cohort)
@@ -338,8 +333,6 @@ def log_final_plots(tracker: Any, model: TrainedModel, cohort: Cohort) -> None:
 
 
 def log_explanation(tracker: Any, ex: Any, cohort: Cohort) -> None:
-    from genexflow.training import plots
-
     tracker.log_table(ex.genes.head(200), "interpretability/top_genes")
     tracker.log_table(ex.pathways, "interpretability/pathways")
     if len(ex.enrichment):

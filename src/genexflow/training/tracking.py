@@ -11,6 +11,7 @@ methods (or the no-op :class:`NullTracker`), so DDP worker ranks and tests can t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -18,14 +19,18 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from genexflow import paths
 from genexflow.cohort import Cohort
+from genexflow.training._pyfunc import SingleInputModel
+from genexflow.training.trainer import call_module, task_output
 
 DEFAULT_EXPERIMENT = "genexflow"
 _PARAM_MAX = 6000  # MLflow param values are limited (8000 chars in recent stores); stay safely below
@@ -56,6 +61,7 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 def ensure_experiment(name: str, tracking_uri: str) -> str:
     """Experiment id for ``name``, created (with the local artifact root for sqlite) when missing."""
+    # lazy: mlflow takes seconds to import
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -78,8 +84,6 @@ def _clean_key(key: str) -> str:
 
 def environment_info() -> dict[str, Any]:
     """Python, platform, key package versions, torch/CUDA devices: what reproduces the run."""
-    from importlib import metadata
-
     pkgs = {}
     for name in ("genexflow", "torch", "numpy", "pandas", "scikit-learn", "scipy", "mlflow", "optuna", "captum",
                  "shap", "onnx", "onnxruntime", "torch-geometric"):
@@ -109,8 +113,6 @@ def dataset_lineage(cohort: Cohort, path: str | Path | None = None) -> dict[str,
     ``cohort.meta["dvc_md5"]`` / ``meta["md5"]`` when ingestion stored it, else a content md5 of the matrix
     and sample sheet (``source: content``) so every run still pins its data.
     """
-    import hashlib
-
     rec: dict[str, Any] = {"name": cohort.name, "n_samples": int(cohort.n_samples), "n_genes": int(cohort.n_genes),
                            "value_type": cohort.value_type.value}
     md5 = None
@@ -198,6 +200,7 @@ import warnings
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> RunTracker:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         exp_id = ensure_experiment(self.experiment, self.tracking_uri)
@@ -207,12 +210,14 @@ import warnings
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.end_run(status="FAILED" if exc_type is not None else "FINISHED")
 
     @property
     def artifact_uri(self) -> str:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         return mlflow.get_artifact_uri()
@@ -225,6 +230,7 @@ import warnings
 
     # ------------------------------------------------------------------ scalars
     def log_params(self, params: Mapping[str, Any]) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         clean = {}
@@ -235,6 +241,7 @@ import warnings
             mlflow.log_params(dict(list(clean.items())[i:i + 90]))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         clean = {_clean_key(prefix + k): float(v) for k, v in metrics.items()
@@ -243,6 +250,7 @@ import warnings
             mlflow.log_metrics(clean, step=step)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.set_tags({_clean_key(k): str(v)[:5000] for k, v in tags.items()})
@@ -258,6 +266,7 @@ import warnings
     # ------------------------------------------------------------------ data lineage
     def log_dataset(self, cohort: Cohort, path: str | Path | None = None, context: str = "training") -> dict:
         """Record the cohort as a run input (``mlflow.log_input``): DVC md5 as digest, shape in the tags."""
+        # lazy: mlflow takes seconds to import
         import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
@@ -268,6 +277,7 @@ import warnings
                 warnings.simplefilter("ignore")
                 source = resolve_dataset_source(Path(lin["path"]).as_uri())
         else:  # an in-memory cohort (shipped dataset, simulator): name where it came from
+            # lazy: mlflow takes seconds to import
             from mlflow.data.code_dataset_source import CodeDatasetSource
 
             source = CodeDatasetSource({"source": str(cohort.meta.get("source", cohort.name))})
@@ -281,23 +291,27 @@ import warnings
 
     # ------------------------------------------------------------------ artifacts
     def log_dict(self, obj: Any, path: str) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.log_dict(json.loads(json.dumps(obj, default=_jsonable)), path)
 
     def log_text(self, text: str, path: str) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.log_text(text, path)
 
     def log_table(self, df: pd.DataFrame, name: str) -> None:
         """A table as ``<name>.csv`` and ``<name>.md`` artifacts."""
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.log_text(df.to_csv(index=True), f"{name}.csv")
         mlflow.log_text(markdown_table(df), f"{name}.md")
 
     def log_figure(self, fig: Any, path: str) -> None:
+        # lazy: matplotlib is only needed for plots; mlflow takes seconds to import
         import matplotlib.pyplot as plt
         import mlflow
 
@@ -305,6 +319,7 @@ import warnings
         plt.close(fig)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         mlflow.log_artifacts(str(folder), artifact_path)
@@ -312,6 +327,7 @@ import warnings
     def log_preprocessing(self, pickled: Any, path: str = "preprocessing") -> None:
         """The fitted preprocessing as the exact bytes the bundle holds (a
         :class:`~genexflow.bundle.PickledPreprocessing`), and its sha256 as tag ``genexflow.preprocessing_sha256``."""
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -319,6 +335,7 @@ import warnings
         self.set_tags({"genexflow.preprocessing_sha256": pickled.sha256})
 
     def log_environment(self) -> dict:
+        # lazy: mlflow takes seconds to import
         import mlflow
 
         env = environment_info()
@@ -339,18 +356,15 @@ import warnings
         ``example`` is ``(expression, covariates)`` as float32 arrays: the model's (preprocessed) inputs.
         Returns the MLflow ``ModelInfo``.
         """
+        # lazy: mlflow takes seconds to import
         import mlflow.pytorch
-        import torch
         from mlflow.models import infer_signature
-
-        from genexflow.training.trainer import call_module, task_output
 
         x, c = (np.asarray(a, np.float32) for a in example)
         module = module.cpu().eval()
         with torch.no_grad():
             out = task_output(call_module(module, torch.as_tensor(x), torch.as_tensor(c))).float()
             out = torch.softmax(out, 1) if task == "classification" else out
-        from genexflow.training._pyfunc import SingleInputModel
 
         wrapper = SingleInputModel(module, x.shape[1], c.shape[1], task)
         z = np.concatenate([x, c], axis=1)

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from genexflow.errors import InputError
 from genexflow.metrics import evaluate
@@ -80,8 +83,6 @@ class TensorData:
 # --------------------------------------------------------------------------------------------- seeding / devices
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally request deterministic kernels."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % (2**32))  # noqa: NPY002 - third-party code may draw from the legacy global RNG
     torch.manual_seed(seed)
@@ -95,8 +96,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 def resolve_device(spec: str = "auto"):
     """``auto`` -> the local CUDA device when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
-    import torch
-
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -127,7 +126,7 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
 
     gloo on CPU, NCCL on CUDA. Returns this process's rank, the world size and the local rank.
     """
-    import torch
+    # lazy: only needed for DDP runs
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -140,6 +139,7 @@ def init_distributed(device_spec: str = "auto") -> DistInfo:
 
 
 def current_dist() -> DistInfo:
+    # lazy: only needed for DDP runs
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -203,8 +203,6 @@ class LossOutput:
 def compute_loss(out, x_clean, y, task: str, recon_weight: float, class_weights=None) -> LossOutput:
     """Generic loss for modules without a ``loss`` method: cross-entropy (optionally class-weighted) or MSE,
     plus ``recon_weight`` * reconstruction MSE against the clean input, plus any ``aux_loss``."""
-    import torch.nn.functional as F
-
     pred = task_output(out)
     if task == "classification":
         task_loss = F.cross_entropy(pred, y, weight=class_weights)
@@ -311,8 +309,6 @@ class Trainer:
 
         Returns the module on the training device, in eval mode, with the best weights restored.
         """
-        import torch
-
         cfg = self.config
         if train.y is None:
             raise InputError("training data has no labels")
@@ -354,8 +350,6 @@ class Trainer:
         module = module.to(device)
         model = module
         if dist_info.active:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             # Every parameter takes part in each forward (true for PathwayNet); a module with optional
             # branches that skips some must disable them in its config rather than leave them unused.
             model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -454,8 +448,6 @@ class Trainer:
     def _augment(self, x, seed: int, step: int):
         """Gaussian noise and gene dropout for one global batch, from a step-seeded generator (so DDP
         ranks draw identical noise for the whole batch and slice it)."""
-        import torch
-
         cfg = self.config
         if cfg.noise_std <= 0 and cfg.gene_dropout <= 0:
             return x
@@ -469,8 +461,6 @@ class Trainer:
         return out
 
     def _validate(self, module, val_t, val: TensorData, class_w, t_mean: float, t_std: float) -> dict[str, float]:
-        import torch
-
         cfg = self.config
         x, c, y = val_t
         module.eval()
@@ -502,7 +492,7 @@ def _chunk(n: int, world: int, rank: int) -> tuple[int, int]:
 
 
 def _allreduce_sum(d: dict[str, float], device) -> dict[str, float]:
-    import torch
+    # lazy: only needed for DDP runs
     import torch.distributed as dist
 
     keys = sorted(d)
@@ -523,8 +513,6 @@ def predict_module(module, data: TensorData, task: str, target_mean: float = 0.0
         ``pathway_output`` (the pathway-specific heads: (n, P, K) probabilities or (n, P) predictions) when
         the module's output carries them (numpy arrays, first axis samples).
     """
-    import torch
-
     dev = next(module.parameters()).device if device is None else torch.device(device)
     module = module.to(dev).eval()
     parts: dict[str, list[np.ndarray]] = {}

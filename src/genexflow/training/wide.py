@@ -36,8 +36,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
+from sklearn.linear_model import ElasticNetCV
 
 from genexflow.errors import InputError
+from genexflow.training.baselines import _inner_cv, make_baseline
 
 WIDE_INITS = ("auto", "l2", "elasticnet", "none")
 
@@ -64,10 +67,6 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
         ``X @ W.T + b`` are the GLM's logits (softmax gives its probabilities exactly; for two classes the
         binary logit z is split as -z/2, +z/2) or its regression predictions (K = 1).
     """
-    from sklearn.linear_model import ElasticNetCV
-
-    from genexflow.training.baselines import _inner_cv, make_baseline
-
     if kind not in WIDE_INITS or kind == "none":
         raise InputError(f"wide_init must be one of {', '.join(WIDE_INITS[:-1])} to fit a GLM, got {kind!r}")
     X = np.asarray(X, np.float64)
@@ -110,8 +109,6 @@ def init_wide(module, X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto
     Returns False (and leaves the module alone) when the module has no wide path or ``kind`` is
     ``"none"``. With ``trainable=False`` the wide weights are frozen: the deep branches learn the residual.
     """
-    import torch
-
     wide = getattr(module, "wide", None)
     if wide is None or kind == "none":
         return False
