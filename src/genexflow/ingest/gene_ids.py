@@ -20,7 +20,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from genexflow.cohort import ValueType
 from genexflow.errors import InputError
@@ -463,6 +462,9 @@ def collapse_duplicates(
         block = X[:, pick]
         out_dtype = X.dtype
     else:
+        # lazy: scipy is only needed for many-to-one ID maps, and the CLI imports this module at start
+        import scipy.sparse as sp
+
         gidx = np.searchsorted(multi, grp)
         G = sp.csr_matrix((np.ones(len(cols)), (np.arange(len(cols)), gidx)), shape=(len(cols), len(multi)))
         missing = np.isnan(sub)
