@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-from genexflow.bundle import encode_covariates, fit_covariates
+from genexflow.bundle import batch_codes, encode_covariates, fit_covariates
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
 from genexflow.preprocessing import torch_ops as T
@@ -38,6 +39,7 @@ from genexflow.preprocessing.filtering import FilterByExpr, LowCountFilter, Vari
 from genexflow.preprocessing.harmony import Harmony, HarmonyStep
 from genexflow.preprocessing.impute import KNNImputer
 from genexflow.preprocessing.normalize import CPMNormalizer, Log2p1
+from genexflow.preprocessing.torch_ops import batch_status, unseen_batch_parameters
 
 #: Batch-correction choices (``--batch-method``).
 BATCH_METHODS = ("combat", "combat-seq", "harmony", "none")
@@ -341,7 +343,6 @@ class PreprocessingPipeline:
         check_fitted(self, "genes_out_")
         if not self.needs_batch:
             raise InputError("this pipeline has no batch-correction step")
-        from genexflow.bundle import batch_codes
 
         idx = batch_codes(batch, self.batch_levels_)
         if (idx < 0).any() and unseen == "error":
@@ -363,10 +364,6 @@ class PreprocessingPipeline:
         """How each row's batch is corrected when these rows are transformed (or sent to the served graph)
         together: 1 training parameters, 2 estimated from these rows (an unseen batch with at least
         :attr:`unseen_min_samples_` of them), 0 passed through uncorrected (an unseen batch)."""
-        import torch
-
-        from genexflow.preprocessing.torch_ops import batch_status
-
         return batch_status(torch.as_tensor(self.batch_index(batch, unseen="code")),
                             self.unseen_min_samples_).numpy()
 
@@ -377,9 +374,6 @@ class PreprocessingPipeline:
         seen = codes >= 0
         if seen.all():
             return self.combat_.transform(H, batch=batch, covariates=covariates)
-        import torch
-
-        from genexflow.preprocessing.torch_ops import unseen_batch_parameters
 
         cb = self.combat_
         out = np.empty_like(H)

@@ -68,6 +68,7 @@ def _gate_margin(metrics: dict[str, Any], policy: dict[str, Any]) -> str | None:
 
 def report_artifact_uri(run_id: str, tracking_uri: str | None = None) -> str:
     """Where run ``run_id``'s report is (or will be) in its MLflow artifacts."""
+    # lazy: mlflow takes seconds to import
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(tracking_uri=tracking_uri or None).get_run(run_id)
@@ -76,6 +77,7 @@ def report_artifact_uri(run_id: str, tracking_uri: str | None = None) -> str:
 
 def log_run_report(path: str | Path, run_id: str, tracking_uri: str | None = None) -> str:
     """Log the report to MLflow run ``run_id`` (``report/report.html``); tag the run with its artifact URI."""
+    # lazy: mlflow takes seconds to import
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or None)
@@ -107,6 +109,7 @@ def finalize_run_report(run_id: str, tracking_uri: str | None = None, *, model_n
     page to the same artifact path, and tags each version with the report's artifact URI (plus a line in
     its description). Returns that URI, or None when the run has no report (e.g. training failed first).
     """
+    # lazy: mlflow takes seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -138,6 +141,7 @@ def finalize_run_report(run_id: str, tracking_uri: str | None = None, *, model_n
 
 def fetch_run_report(run_id: str, dst: str | Path, tracking_uri: str | None = None) -> Path:
     """Download run ``run_id``'s report to ``dst`` (a file path)."""
+    # lazy: mlflow takes seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

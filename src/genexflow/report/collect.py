@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from genexflow import __version__
 from genexflow.cohort import Cohort
 from genexflow.errors import InputError
 from genexflow.preprocessing.confounding import batch_label_association
+from genexflow.preprocessing.report import _pca, _silhouette
 from genexflow.report.links import pathway_names
 from genexflow.report.page import clean_json
 from genexflow.report.stats import PRIMARY, cv_comparison, verdict
@@ -97,8 +99,6 @@ def collect_run_data(
 
 
 def _version() -> str:
-    from genexflow import __version__
-
     return __version__
 
 
@@ -189,8 +189,6 @@ def without_correction(pre: Any) -> Any | None:
 def batch_section(cohort: Cohort, config: Any, pre: Any, confounding: Any) -> dict[str, Any]:
     """PCA of the preprocessed training rows before and after batch correction, silhouettes by batch and by
     label on the top 10 PCs, and the batch-label association test."""
-    from genexflow.preprocessing.report import _pca, _silhouette
-
     batch_col = getattr(config, "batch_column", None)
     label = getattr(config, "label", None)
     out: dict[str, Any] = {"batch_column": batch_col, "method": None, "views": {},

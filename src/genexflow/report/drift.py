@@ -5,11 +5,13 @@ report package needs nothing from ``monitoring/``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
 from genexflow.errors import InputError
 from genexflow.report import figures
@@ -168,8 +170,6 @@ def latent_body(f: dict[str, Any] | None, nv: dict[str, Any] | None, feature_tab
         parts.append(table(["feature group", "share of columns drifted"],
                            [[GROUPS.get(k, k), f"{v:.0%}"] for k, v in shares.items()], numeric=[False, True]))
         if any(k in shares for k in ("latent", "pca")):
-            import plotly.graph_objects as go
-
             fig = go.Figure(go.Bar(x=[GROUPS.get(k, k) for k in shares], y=[shares[k] for k in shares],
                                    marker_color="#0072B2"))
             thr = (f or {}).get("drift_share_threshold")
@@ -252,8 +252,6 @@ def write_drift_page(out_dir: str | Path, *, mlflow_run_id: str | None = None, t
     """The page of the drift check whose outputs are in ``out_dir`` (``decision.json``, and when present
     ``feature_drift.csv`` and ``evidently_report.html``, linked relatively); logged to the check's MLflow run
     under ``drift/`` when ``mlflow_run_id`` is given."""
-    import json
-
     out = Path(out_dir)
     decision_file = out / "decision.json"
     if not decision_file.is_file():
@@ -264,6 +262,7 @@ def write_drift_page(out_dir: str | Path, *, mlflow_run_id: str | None = None, t
     table_ = pd.read_csv(features, index_col=0) if features.is_file() else None
     page = write_drift_report(out / name, decision, evidently_html=evidently, feature_table=table_)
     if mlflow_run_id:
+        # lazy: mlflow takes seconds to import
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri=tracking_uri or None).log_artifact(mlflow_run_id, str(page), "drift")

@@ -9,13 +9,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from genexflow.report.page import OKABE_ITO, palette
 
 
 def _go():
-    import plotly.graph_objects as go
-
     return go
 
 
@@ -33,8 +34,6 @@ def _model_colours(models: Sequence[str], deep: str) -> dict[str, str]:
 def pca_panels(views: Mapping[str, Mapping[str, Any]], colour: Sequence[str], what: str,
                sample_ids: Sequence[str]):
     """Side-by-side PCA scatter of each view (before/after correction), points coloured by ``colour``."""
-    from plotly.subplots import make_subplots
-
     go = _go()
     names = list(views)
     sil_key = "batch_silhouette" if what == "batch" else "label_silhouette"
@@ -109,9 +108,6 @@ def _binary_or_micro(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.n
 
 def roc_pr(oof: Mapping[str, Any], deep: str):
     """ROC and precision-recall curves of every model on the pooled out-of-fold predictions."""
-    from plotly.subplots import make_subplots
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
     go = _go()
     y = np.asarray(oof["y_true"]).astype(int)
     cols = _model_colours(oof["models"], deep)
@@ -192,8 +188,6 @@ def predicted_vs_true(oof: Mapping[str, Any], deep: str):
 
 def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]):
     """Training and validation loss per epoch (left) and the validation metric (right), per fold."""
-    from plotly.subplots import make_subplots
-
     go = _go()
     fig = make_subplots(rows=1, cols=2, subplot_titles=("prediction loss (solid: train, dashed: validation)",
                                                         "validation metric"), horizontal_spacing=0.1)
@@ -221,9 +215,11 @@ def learning_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]):
 
 # ------------------------------------------------------------------------------------------------ static
 def _plt():
+    # lazy: matplotlib is only needed for plots
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # lazy: matplotlib is only needed for plots
     import matplotlib.pyplot as plt
 
     return plt

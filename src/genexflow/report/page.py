@@ -21,6 +21,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
 from genexflow.errors import InputError
 
 #: Okabe & Ito (2008) colour-blind-safe palette (black moved last: it reads as "missing" next to colours).
@@ -117,6 +121,7 @@ def kv(pairs: Iterable[tuple[str, Any]], skip_none: bool = False) -> Html:
 # ------------------------------------------------------------------------------------------------ figures
 def figure_png(fig: Any, caption: str, alt: str, dpi: int = 96) -> Html:
     """A matplotlib figure as an inline PNG with its caption (the figure is closed)."""
+    # lazy: matplotlib is only needed for plots
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -130,8 +135,6 @@ def figure_png(fig: Any, caption: str, alt: str, dpi: int = 96) -> Html:
 def figure_plotly(fig: Any, caption: str, div_id: str, height: int | None = None) -> Html:
     """A plotly figure as an empty div plus its JSON spec; the page's loader draws it once plotly.js is ready
     (plotly.js itself is inlined once per page by :func:`render_page`)."""
-    import plotly.io as pio
-
     fig.update_layout(template="plotly_white", margin={"l": 55, "r": 20, "t": 45, "b": 45},
                       font={"family": "system-ui, sans-serif", "size": 12}, colorway=list(OKABE_ITO),
                       **({"height": height} if height else {}))
@@ -152,6 +155,7 @@ def palette(levels: Sequence[Any]) -> dict[str, str]:
     names = [str(v) for v in levels]
     if len(names) <= len(OKABE_ITO):
         return dict(zip(names, OKABE_ITO, strict=False))
+    # lazy: matplotlib is only needed for plots
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
@@ -230,8 +234,6 @@ _LOADER = """
 
 @functools.lru_cache(maxsize=1)
 def _plotly_gz_b64() -> str:
-    from plotly.offline import get_plotlyjs
-
     # plotly.js is 4.6 MB; gzipped and base64-encoded it is 1.8 MB, which keeps a report under 5 MB
     return base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), 9, mtime=0)).decode("ascii")
 
@@ -243,8 +245,6 @@ def _plotly_loader() -> str:
 
 def clean_json(obj: Any) -> Any:
     """JSON-safe copy: numpy scalars/arrays to Python, non-finite floats to None, tuples to lists."""
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 #: Primary metric per task (what the gate compares and the tables lead with).
 PRIMARY = {"classification": "balanced_accuracy", "regression": "r2"}
@@ -68,8 +69,6 @@ def corrected_t_interval(values: Sequence[float], test_train_ratio: float, level
     >>> round(m, 3), lo < m < hi
     (0.8, True)
     """
-    from scipy.stats import t as student_t
-
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
     if len(v) == 0:
         return (float("nan"),) * 4
