@@ -46,7 +46,21 @@ from genexflow.serving.repository import deploy
 build_images = load_build_script()
 pytestmark = pytest.mark.skipif(build_images.have_buildah() is not None,
                                 reason=f"images cannot be built here: {build_images.have_buildah()}")
-BUILT = ("component-cpu", "mlflow", "triton-cpu")
+#: The CPU component image is always built (the in-image pipeline steps). The MLflow and CPU Triton images
+#: are built and checked where this machine already holds them (``make images`` built them once; buildah
+#: keeps them, so the check is warm) or with GENEXFLOW_TEST_ALL_IMAGES=1: built cold on a fresh machine they
+#: add ~12 minutes that would push ``make test`` past CI's 45-minute budget (docs/infra.md).
+OPTIONAL = ("mlflow", "triton-cpu")
+BUILT = ("component-cpu", *(name for name in OPTIONAL
+                            if os.environ.get("GENEXFLOW_TEST_ALL_IMAGES") == "1"
+                            or build_images.have_buildah() is None
+                            and build_images.image_info(build_images.IMAGES[name].tag) is not None))
+
+
+def _needs(name: str) -> None:
+    if name not in BUILT:
+        pytest.skip(f"the {name} image is not on this machine: `make images` builds it (or set "
+                    "GENEXFLOW_TEST_ALL_IMAGES=1); make test skips its cold build to stay in CI's time budget")
 #: Both sides of the host-vs-image comparison use one thread (thread count changes float summation order).
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 TOL = 1e-6
@@ -108,8 +122,10 @@ def test_images_built_within_budget(built):
 
 def test_budget_check_fails_an_oversized_image(built, monkeypatch, capsys):
     """The same script with a 1 MB budget: the (cached) image is over it and the build exits 1."""
-    monkeypatch.setitem(build_images.IMAGES, "mlflow", build_images.ImageSpec("mlflow.Dockerfile", 1))
-    assert build_images.main(["--images", "mlflow", "--no-lint", "--no-sbom", "--out", str(built["out"] / "b")]) == 1
+    spec = build_images.IMAGES["component-cpu"]
+    monkeypatch.setitem(build_images.IMAGES, "component-cpu", build_images.ImageSpec(spec.dockerfile, 1))
+    assert build_images.main(["--images", "component-cpu", "--no-lint", "--no-sbom",
+                              "--out", str(built["out"] / "b")]) == 1
     assert "OVER BUDGET" in capsys.readouterr().out
 
 
@@ -271,6 +287,7 @@ def test_steps_in_the_image_equal_the_host(steps):
 
 # --- MLflow and Triton images --------------------------------------------------------------------------------
 def test_mlflow_image_serves_health(built, tmp_path):
+    _needs("mlflow")
     port = _free_port()
     env = {"MLFLOW_BACKEND_STORE_URI": "sqlite:////tmp/mlflow.db", "MLFLOW_ARTIFACTS_DESTINATION": "/tmp/artifacts",
            "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"}
@@ -301,6 +318,7 @@ def test_mlflow_image_serves_health(built, tmp_path):
 
 
 def test_triton_cpu_image_serves_the_exported_model(built, steps, tmp_path):
+    _needs("triton-cpu")
     art = load_artifact(steps["image"]["onnx"])  # exported inside the CPU image
     repo = tmp_path / "models"
     res = deploy(art, repo, "golub")
