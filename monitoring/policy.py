@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import filelock
-import numpy as np
 import yaml
 
 from genexflow.errors import InputError
+from genexflow.io import json_default
 
 REASON_KINDS = ("schema", "gene", "feature", "batch", "covariate", "novelty", "performance")
 
@@ -242,7 +242,7 @@ class DriftDecision:
                 "policy": self.policy, "evidence": self.evidence}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=_json_default)
+        return json.dumps(self.to_dict(), indent=1, default=json_default)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DriftDecision:
@@ -255,14 +255,6 @@ class DriftDecision:
         head = "drift: yes" if self.drift else "drift: no"
         return "\n".join([head] + [f"  - [{r.kind}] {r.message}" for r in self.reasons]
                          + [f"  note: {n}" for n in self.notes])
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------------------------------------- cooldown

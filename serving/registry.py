@@ -35,6 +35,7 @@ import numpy as np
 from genexflow import paths
 from genexflow.errors import InputError
 from genexflow.export import ServingArtifact, export_bundle, load_artifact, run_onnx, sha256_file
+from genexflow.io import json_default
 from genexflow.metrics import evaluate_labels, higher_is_better
 from genexflow.serving.inputs import build_inputs
 from genexflow.serving.repository import DEFAULT_MODEL_NAME, ModelRepository, deploy
@@ -76,14 +77,8 @@ def _now() -> str:
 
 
 def _json(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=_jsonable)
+    text = json.dumps(obj, sort_keys=True, default=json_default)
     return text if len(text) <= _TAG_MAX else text[: _TAG_MAX - 3] + "..."
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 @dataclass

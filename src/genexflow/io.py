@@ -154,6 +154,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def json_default(o: object) -> object:
+    """``json.dumps(..., default=json_default)``: numpy scalars as Python numbers, arrays as lists, anything
+    else (paths, enums, ...) as its string."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through :func:`atomic_output`."""
     with atomic_output(path) as tmp:

@@ -40,6 +40,7 @@ from sklearn.utils.extmath import randomized_svd
 from genexflow import drift_kernels as K
 from genexflow.cohort import Cohort, ValueType
 from genexflow.errors import InputError
+from genexflow.io import json_default
 from genexflow.metrics import evaluate_labels
 from genexflow.priors.genesets import load_gene_sets, membership_matrix, restrict_gene_sets
 
@@ -161,7 +162,7 @@ class ReferenceProfile:
             self.pca.to_parquet(folder / "pca.parquet", compression="zstd")
         meta = dict(self.meta, probs=self.probs.tolist(), gene_sets=self.gene_sets,
                     profile_version=PROFILE_VERSION)
-        (folder / "profile.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        (folder / "profile.json").write_text(json.dumps(meta, indent=1, default=json_default))
         return folder
 
     @classmethod
@@ -198,14 +199,6 @@ class ReferenceProfile:
         groups = {g: len(self.columns(g)) for g in FEATURE_GROUPS}
         return (f"ReferenceProfile({self.n_samples} samples x {self.n_genes} genes, "
                 f"value_type={self.value_type.value}, features={groups})")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

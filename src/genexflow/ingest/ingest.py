@@ -42,7 +42,7 @@ from genexflow.ingest.lineage import dvc_md5, file_md5, record_dvc
 from genexflow.ingest.quarantine import QuarantineRecord, write_quarantine
 from genexflow.ingest.report import render_html
 from genexflow.ingest.values import bad_cells, describe, detect_value_type, missing_cells
-from genexflow.io import check_output, read_matrix, read_sample_sheet
+from genexflow.io import check_output, json_default, read_matrix, read_sample_sheet
 
 COHORT_FILES = ("expression.parquet", "samples.csv", "cohort.json")
 
@@ -665,15 +665,8 @@ def _quarantine_summary(records: list[QuarantineRecord], qpath: Path | None) -> 
 def _write_report(report: dict, report_dir: Path) -> tuple[Path, Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
     rjson = report_dir / "validation.json"
-    rjson.write_text(json.dumps(report, indent=1, default=_json_default))
+    rjson.write_text(json.dumps(report, indent=1, default=json_default))
     rhtml = report_dir / "validation.html"
     rhtml.write_text(render_html(report))
     return rjson, rhtml
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)

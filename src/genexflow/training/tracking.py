@@ -29,6 +29,7 @@ import torch
 
 from genexflow import paths
 from genexflow.cohort import Cohort
+from genexflow.io import json_default
 from genexflow.training._pyfunc import SingleInputModel
 from genexflow.training.trainer import call_module, task_output
 
@@ -294,7 +295,7 @@ import warnings
         # lazy: mlflow takes seconds to import
         import mlflow
 
-        mlflow.log_dict(json.loads(json.dumps(obj, default=_jsonable)), path)
+        mlflow.log_dict(json.loads(json.dumps(obj, default=json_default)), path)
 
     def log_text(self, text: str, path: str) -> None:
         # lazy: mlflow takes seconds to import
@@ -376,16 +377,6 @@ import warnings
             # per run, and the portable serving artifact is the ONNX export anyway.
             serialization_format="pickle",
         )
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
