@@ -348,11 +348,13 @@ def r_impute_knn(data, k=10, rowmax=0.5, colmax=0.8, maxp=1500, rng_seed=3624360
     ximp = internal(x, imiss, irmiss)
     xq = x.copy()
     # mean.miss(x, imiss): `x[imiss] <- 0` with an integer 0/1 matrix indexes by
-    xq[0, 0] = 0.0       # position, i.e. sets x[1] (gene 1, sample 1) to 0 whenever something is missing
+    if (imiss == 1).any():
+        xq[0, 0] = 0.0   # position, i.e. sets x[1] (gene 1, sample 1) to 0 when a kept gene has a missing value
     xbar = np.array([xq[imiss[:, kk] == 0, kk].mean() for kk in range(n)])
     newmiss = np.isnan(ximp)
     ximp[newmiss] = np.broadcast_to(xbar, ximp.shape)[newmiss]
-    xomit[imiss_omit == 1] = np.broadcast_to(xbar, xomit.shape)[imiss_omit == 1]
+    if xomit.shape[0] > 1:  # meanimp() leaves a one-row matrix as it is (its zero-filled NAs)
+        xomit[imiss_omit == 1] = np.broadcast_to(xbar, xomit.shape)[imiss_omit == 1]
     out = np.zeros((p, n))
     out[~omit] = ximp
     out[omit] = xomit

@@ -132,7 +132,7 @@ def test_first_run_registers_promotes_and_deploys(env, first):
     # typed evaluation: model and baseline metrics on the held-out split, an HTML report
     assert 0.0 <= first.metrics["balanced_accuracy"] <= 1.0
     assert "baseline.logreg_l2.balanced_accuracy" in first.metrics
-    assert "<table>" in open(first.reports["evaluation report"]).read()
+    assert "<table" in open(first.reports["evaluation report"]).read()
     # the exit handler recorded the outcome, also on the training's MLflow run
     assert first.outcome["state"] == "SUCCEEDED" and first.mlflow_run_id in first.outcome["mlflow_runs"]
     mlrun = reg.client.get_run(first.mlflow_run_id)

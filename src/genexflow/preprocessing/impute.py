@@ -22,7 +22,9 @@ What impute.knn does, step by step (and what this port reproduces):
    per-sample mean of step 2. Quirks kept for parity: a cluster of at most ``k`` genes is "mean
    imputed" on the zero-filled matrix, i.e. its missing entries become 0; and the per-sample means are
    computed after ``x[imiss] <- 0`` with an *integer* 0/1 matrix ``imiss``, which R reads as positions,
-   so the first sample's mean counts the first kept gene as 0 (found by the real-R parity test).
+   so the first sample's mean counts the first kept gene as 0 (found by the real-R parity test); and
+   ``meanimp`` fills only matrices of more than one row, so a single set-aside gene keeps 0 where it
+   was missing.
 
 Fit on train, apply everywhere: ``fit`` freezes, for every kept gene, its ``k`` neighbours (step 4, in
 its cluster, on the training samples) and which genes were set aside (step 2). ``transform`` fills a
@@ -313,13 +315,16 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         cnt = (obs & kept).sum(axis=1)
         if (cnt == 0).any():
             raise InputError("a sample has no observed value among the imputable genes; remove it")
-        if r_mean_quirk:
-            # impute 1.72's knnimp passes its integer missingness matrix to mean.miss, whose
-            # `x[imiss] <- 0` then indexes by position: element [1, 1] (first kept gene, first sample)
-            # becomes 0 while still counted as observed, so sample 1's fallback mean uses 0 for it
-            X0 = X0.copy()
-            X0[0, np.flatnonzero(kept)[0]] = 0.0
-        xbar = (X0 * kept).sum(axis=1) / cnt
+        if r_mean_quirk and (miss & kept).any():
+            # impute 1.72's knnimp passes its integer missingness matrix (of the kept genes) to mean.miss,
+            # whose `x[imiss] <- 0` then indexes by position: element [1, 1] (first kept gene, first
+            # sample) becomes 0 while still counted as observed, so sample 1's fallback mean uses 0 for it
+            # (mean.miss works on its own copy: the neighbour averages below still see the real value)
+            Xm = X0.copy()
+            Xm[0, np.flatnonzero(kept)[0]] = 0.0
+        else:
+            Xm = X0
+        xbar = (Xm * kept).sum(axis=1) / cnt
         s, g = np.nonzero(miss)
         nb = self.neighbors_[g]  # (m, k)
         valid = nb >= 0
@@ -328,6 +333,12 @@ class KNNImputer(TransformerMixin, BaseEstimator):
         tot = np.where(w, X0[s[:, None], nbc], 0.0).sum(axis=1)
         num = w.sum(axis=1)
         val = np.where(num > 0, tot / np.maximum(num, 1), xbar[s])
-        val = np.where(self.mean_imputed_[g], xbar[s], val)
+        aside = self.mean_imputed_[g]
+        if r_mean_quirk and self.mean_imputed_.sum() == 1:
+            # knnimp's meanimp() only fills a matrix of more than one row: a single set-aside gene keeps
+            # the zeros knnimp wrote into its missing entries
+            val = np.where(aside, 0.0, val)
+        else:
+            val = np.where(aside, xbar[s], val)
         out[s, g] = val
         return out
