@@ -127,9 +127,14 @@ def models_promote(
     reg = _registry(tracking_uri)
     v = reg.promote(name, version, reason=reason, force=force)
     console.print(f"{name}: champion -> v{v.version}")
+    _redeploy(reg, name, v.version, repository, url)
+
+
+def _redeploy(reg, name: str, version: int, repository: Path | None, url: str | None) -> None:
+    """After promote/rollback: deploy the new champion into ``repository`` (and load it in ``url``)."""
     if repository:
         with step("deploy"):
-            res = reg.deploy(name, v.version, repository, url=url)
+            res = reg.deploy(name, version, repository, url=url)
         console.print(f"deployed as Triton version {res.triton_version}{' (loaded)' if res.loaded else ''}")
 
 
@@ -145,10 +150,7 @@ def models_rollback(
     reg = _registry(tracking_uri)
     v = reg.rollback(name, reason=reason, to=to)
     console.print(f"{name}: champion -> v{v.version} (rolled back)")
-    if repository:
-        with step("deploy"):
-            res = reg.deploy(name, v.version, repository, url=url)
-        console.print(f"deployed as Triton version {res.triton_version}{' (loaded)' if res.loaded else ''}")
+    _redeploy(reg, name, v.version, repository, url)
 
 
 @models_app.command("deploy")
