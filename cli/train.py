@@ -53,8 +53,10 @@ def train(
     wide_init: str = typer.Option(None, "--wide-init", help="Start the wide gene-level path from a GLM fitted on "
                                                             "the training rows: auto, l2, elasticnet, or none "
                                                             "(train it from zeros) [default: auto]."),
-    init_from: Path = typer.Option(None, "--init-from", help="Pretrained encoder folder (genexflow pretrain): "
-                                                             "start the autoencoder branch from it, then fine-tune."),
+    init_from: str = typer.Option(None, "--init-from", help="Pretrained encoder (genexflow pretrain): its folder "
+                                                            "or registered version (models:/genexflow-encoder/1, "
+                                                            "models:/genexflow-encoder@ALIAS); the autoencoder "
+                                                            "branch starts from it, then the network is fine-tuned."),
     preset: str = typer.Option(None, "--preset", help="Model size: tiny, small or default [default: default]."),
     config: Path = typer.Option(None, "--config", help="YAML/JSON file of TrainConfig fields."),
     set_: list[str] = typer.Option(None, "--set", help="Override KEY=VALUE (repeatable), e.g. model.d_model=32, "

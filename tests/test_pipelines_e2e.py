@@ -25,6 +25,12 @@ GOOD = {"epochs": 10, "patience": 4, "batch_size": 16, "lr": 5e-3, "model": SMAL
 # the same network barely moved from its initialisation (and no GLM start for its wide path): worse than the
 # champion on the same held-out rows
 WORSE = {"epochs": 1, "patience": 1, "batch_size": 16, "lr": 1e-9, "wide_init": "none", "model": SMALL_MODEL}
+# The first run also exercises the blueprint's model pieces through `genexflow run`: a batch-size sweep with a
+# scaled learning rate, pathway-specific heads, and fine-tuning from the encoder registered in MLflow by
+# pretraining (resolved by the train step from its registry URI).
+ENCODER = {"ae_hidden": 32, "latent_dim": 8}
+FIRST = {**GOOD, "batch_sizes": [8, 16], "init_from": "models:/genexflow-encoder/1",
+         "model": {**SMALL_MODEL, "pathway_heads": 4}}
 FAST = dict(cv_folds=0, explain_samples=0, baselines=["logreg_l2"], ingest_config={"data_docs": False},
             # the registry's baseline comparison is tested with the registry; here: champion vs challenger
             baseline_margin=-1.0)
@@ -65,11 +71,17 @@ def _write(cohort, folder):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from genexflow.pipelines.workspace import Workspace
+    from genexflow.training.pretrain import PretrainConfig, pretrain, register_encoder
 
     root = tmp_path_factory.mktemp("e2e")
     cohort = _planted(0, name="train_cohort")
     drifted = _drifted(cohort)
-    return {"ws": Workspace(root / "ws"), "cohort": cohort, "train": _write(cohort, root / "cohort"),
+    ws = Workspace(root / "ws")
+    # label-free pretraining on the training cohort plus the (unlabeled) new cohort, registered as version 1
+    enc = pretrain([cohort, drifted], PretrainConfig(**ENCODER, epochs=3))
+    reg = register_encoder(enc, enc.save(root / "encoder"), ws.tracking_uri)
+    assert reg["version"] == 1
+    return {"ws": ws, "cohort": cohort, "train": _write(cohort, root / "cohort"),
             "drifted": _write(drifted, root / "drifted")}
 
 
@@ -85,10 +97,10 @@ def first(env, tmp_path_factory):
 
     expr, sheet = env["train"]
     cfg = tmp_path_factory.mktemp("cfg") / "train.yaml"
-    cfg.write_text(yaml.safe_dump({**GOOD, "ingest": FAST["ingest_config"]}))
+    cfg.write_text(yaml.safe_dump({**FIRST, "ingest": FAST["ingest_config"]}))
     res = CliRunner().invoke(app, [
         "run", "--expression", str(expr), "--samples", str(sheet), "--label", "label", "--batch-column", "batch",
-        "--config", str(cfg), "--cv-folds", "0", "--explain-samples", "0", "--baselines", "logreg_l2",
+        "--config", str(cfg), "--cv-folds", "2", "--explain-samples", "0", "--baselines", "logreg_l2",
         "--baseline-margin", "-1", "--workspace", str(env["ws"].root), "--json"])
     assert res.exit_code == 0, (res.output, res.exception)
     summary = json.loads(res.stdout)
@@ -138,6 +150,30 @@ def test_first_run_registers_promotes_and_deploys(env, first):
     mlrun = reg.client.get_run(first.mlflow_run_id)
     assert mlrun.data.tags["genexflow.pipeline_outcome"] == "SUCCEEDED"
     assert "heldout_balanced_accuracy" in mlrun.data.metrics
+
+
+def test_model_pieces_through_genexflow_run(env, first):
+    """`genexflow run` with a batch-size sweep, pathway heads and a registered pretrained encoder: the sweep's
+    choice and scaled learning rate, the encoder version and the heads' modular reading are recorded on the
+    training run, and the served model (exported, infra-validated, deployed) is the fine-tuned network."""
+    from pathlib import Path
+
+    from genexflow.bundle import load_bundle, module_from_state
+    from genexflow.training.hpo import scaled_lr
+
+    reg = _registry(env)
+    mlrun = reg.client.get_run(first.mlflow_run_id)
+    chosen = int(mlrun.data.params["batch_sweep.chosen"])
+    assert chosen in FIRST["batch_sizes"]
+    assert float(mlrun.data.params["batch_sweep.lr"]) == pytest.approx(scaled_lr(GOOD["lr"], chosen, 16, "sqrt"))
+    assert mlrun.data.tags["genexflow.init_from"] == FIRST["init_from"]
+    assert mlrun.data.tags["genexflow.init_from.version"] == "genexflow-encoder/1"
+    enc_run = reg.client.get_model_version("genexflow-encoder", "1").run_id
+    assert mlrun.data.tags["genexflow.init_from.run_id"] == enc_run
+    assert any(a.path.endswith("pathway_heads.csv") for a in reg.client.list_artifacts(first.mlflow_run_id, "modular"))
+    module = module_from_state(load_bundle(Path(first.run.task("train").artifact("bundle")))[2])
+    assert module.config.pathway_heads == 4 and module.config.latent_dim == ENCODER["latent_dim"]
+    assert first.promoted and first.triton_version is not None
 
 
 def test_run_report_model_card_is_completed_by_the_last_step(env, first, tmp_path):

@@ -110,7 +110,9 @@ class TrainConfig:
     lr_scaling : {"sqrt", "linear"}
         Learning-rate scaling rule of the sweep.
     init_from : str, optional
-        Folder of a pretrained encoder (``genexflow pretrain``): the autoencoder branch starts from it
+        Folder of a pretrained encoder (``genexflow pretrain``), or its registered MLflow version
+        (``models:/genexflow-encoder/1`` or ``models:/genexflow-encoder@ALIAS``, downloaded once per run from
+        the run's tracking server, so pipeline steps can use it): the autoencoder branch starts from it
         (genes matched by name; the model's ``ae_hidden`` / ``latent_dim`` follow the encoder) and the
         whole network is fine-tuned. See :mod:`genexflow.training.pretrain`.
     """

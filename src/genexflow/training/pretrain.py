@@ -15,8 +15,10 @@ it to MLflow and registers it as a model version (default name ``genexflow-encod
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +36,7 @@ from genexflow.errors import InputError
 
 ENCODER_FILE = "encoder.pt"
 META_FILE = "encoder.json"
+REGISTERED_FILE = "registered.json"  # written next to an encoder downloaded from the MLflow registry
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -127,8 +130,9 @@ class PretrainedEncoder:
 
     @classmethod
     def load(cls, path: str | Path) -> PretrainedEncoder:
-        """From a folder written by :meth:`save` (or its ``encoder.pt``)."""
-        path = Path(path)
+        """From a folder written by :meth:`save` (or its ``encoder.pt``), or a registered MLflow version
+        (``models:/genexflow-encoder/3``, ``models:/genexflow-encoder@prod``; see :func:`encoder_folder`)."""
+        path = encoder_folder(path)
         folder = path if path.is_dir() else path.parent
         if not (folder / ENCODER_FILE).is_file():
             raise InputError(f"no pretrained encoder at {path} (expected {ENCODER_FILE}; run genexflow pretrain)")
@@ -226,6 +230,64 @@ def pretrain(cohorts: Cohort | Sequence[Cohort], config: PretrainConfig | None =
                 break
     return PretrainedEncoder(genes, cfg, best_state or net.state_dict(), history, n,
                              [c.name for c in ([cohorts] if isinstance(cohorts, Cohort) else cohorts)])
+
+
+REGISTRY_SCHEME = "models:/"
+
+
+def encoder_folder(ref: str | Path, tracking_uri: str | None = None) -> Path:
+    """A local folder for an encoder reference.
+
+    A path is returned as it is. A registered MLflow version, ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS`` (what :func:`register_encoder` / ``genexflow pretrain`` registers), is resolved to
+    the run it was registered from and that run's ``encoder`` folder is downloaded once per process, so a
+    pipeline's train step (on a machine that never saw the pretraining folder) starts from the registered
+    encoder. ``tracking_uri`` defaults to mlflow's current one (``$MLFLOW_TRACKING_URI``).
+    """
+    text = str(ref)
+    if not text.startswith(REGISTRY_SCHEME):
+        return Path(ref)
+    # lazy: mlflow takes seconds to import and only registry references need it
+    import mlflow
+
+    return _download_registered(text, tracking_uri or mlflow.get_tracking_uri())
+
+
+@functools.lru_cache(maxsize=8)
+def _download_registered(uri: str, tracking_uri: str) -> Path:
+    # lazy: mlflow takes seconds to import and only registry references need it
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, sep, version = uri[len(REGISTRY_SCHEME):].partition("/")
+    alias = None
+    if "@" in name:
+        name, alias = name.split("@", 1)
+    if not name or (alias is None and not (sep and version.isdigit())):
+        raise InputError(f"cannot read encoder reference {uri!r}: use models:/NAME/VERSION or models:/NAME@ALIAS")
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise InputError(f"no registered encoder {uri} in {tracking_uri}: {exc.message}") from None
+    if not mv.run_id:
+        raise InputError(f"{uri} has no source run to download the encoder from")
+    dst = Path(tempfile.mkdtemp(prefix="genexflow-encoder-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="encoder", dst_path=str(dst),
+                                                    tracking_uri=tracking_uri)
+    except MlflowException as exc:
+        raise InputError(f"{uri} (run {mv.run_id}) has no 'encoder' artifact folder: {exc.message}") from None
+    (Path(local) / REGISTERED_FILE).write_text(json.dumps(
+        {"uri": uri, "name": name, "version": int(mv.version), "run_id": mv.run_id, "tracking_uri": tracking_uri}))
+    return Path(local)
+
+
+def registered_source(folder: str | Path) -> dict[str, Any]:
+    """``{"uri", "name", "version", "run_id", "tracking_uri"}`` of an encoder folder downloaded from the
+    registry by :func:`encoder_folder` (empty for a folder that came from disk)."""
+    meta = Path(folder) / REGISTERED_FILE
+    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def encoder_sizes(path: str | Path) -> dict[str, int]:

@@ -38,6 +38,7 @@ from genexflow.training.cv import DEEP, CVResult, cross_validate
 from genexflow.training.hpo import batch_size_sweep, nested_cv, run_hpo
 from genexflow.training.interpret import explain
 from genexflow.training.model import TrainedModel
+from genexflow.training.pretrain import encoder_folder, registered_source
 from genexflow.training.tracking import NullTracker, RunTracker, markdown_table
 from genexflow.training.trainer import current_dist
 
@@ -124,6 +125,15 @@ def train_and_track(
         tracker.set_tags(provenance_tags(cfg.gene_sets))  # which priors: version + sha256 of the file
         lineage = tracker.log_dataset(cohort, cohort_path) or {}
         tracker.log_environment()
+        if cfg.init_from:
+            # Once per run: a registry reference (models:/genexflow-encoder/3) is downloaded here and every
+            # fold starts from the same folder; the version it resolved to is recorded with the run.
+            folder = encoder_folder(cfg.init_from, getattr(tracker, "tracking_uri", None) or tracking_uri)
+            source = registered_source(folder)
+            tracker.set_tags({"genexflow.init_from": str(cfg.init_from),
+                              **({"genexflow.init_from.version": f"{source['name']}/{source['version']}",
+                                  "genexflow.init_from.run_id": source["run_id"]} if source else {})})
+            cfg = cfg.with_(init_from=str(folder))
 
         if cfg.batch_sizes:
             stage(f"batch-size sweep {list(cfg.batch_sizes)} ({cfg.lr_scaling} lr scaling)")
