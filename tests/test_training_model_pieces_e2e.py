@@ -44,6 +44,9 @@ def test_sweep_picks_a_batch_size_and_run_records_it(tmp_path):
     assert chosen in (8, 32)
     assert float(run.data.params["batch_sweep.lr"]) == pytest.approx(scaled_lr(1e-3, chosen, 16, "sqrt"))
     assert out.config.batch_size == chosen
+    # the reported CV is nested: each outer fold swept on its own training rows
+    outer = [int(b) for b in run.data.params["batch_sweep.outer_choices"].split(",")]
+    assert len(outer) == 2 and set(outer) <= {8, 32}
     children = mlflow.search_runs(experiment_names=["genexflow"], filter_string=f"tags.mlflow.parentRunId = '{out.run_id}'")
     assert sorted(children["params.batch_size"].astype(int)) == [8, 32]
     arts = [a.path for a in client.list_artifacts(out.run_id, "modular")]

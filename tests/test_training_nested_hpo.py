@@ -37,3 +37,24 @@ def test_nested_cv_tunes_inside_each_outer_fold(one_torch_thread):
         assert len(ids) + len(g) == c.n_samples
     assert folds.loc[folds["model"] == DEEP, "balanced_accuracy"].mean() > 0.8
     assert np.isfinite(res.optimism())
+
+
+def test_batch_size_sweep_is_nested_too(one_torch_thread):
+    """With a batch-size sweep the reported CV is nested as well: each outer fold sweeps on its own training
+    rows (the same choice batch_size_sweep makes on exactly those rows), with the scaled learning rate."""
+    from genexflow.training.hpo import batch_size_sweep, scaled_lr
+
+    c = _cohort(1)
+    cfg = TrainConfig(epochs=4, lr=1e-3, batch_size=16, num_threads=1, gene_set_min_size=3, wide_init="none",
+                      model=MODEL_PRESETS["tiny"])
+    res = nested_cv(c, cfg, n_trials=0, n_splits=3, inner_splits=2, baselines=[], batch_sizes=[4, 32])
+    assert [sorted(p) for p in res.best_params] == [["batch_size", "lr"]] * 3
+    for p in res.best_params:
+        assert p["batch_size"] in (4, 32) and p["lr"] == scaled_lr(1e-3, p["batch_size"], 16, "sqrt")
+    preds = res.cv.predictions[res.cv.predictions["model"] == DEEP]
+    assert sorted(preds["sample_id"]) == sorted(c.sample_ids)
+    first_ids = res.searched[0]
+    assert len(first_ids) < c.n_samples
+    again = batch_size_sweep(c.subset(np.isin(c.sample_ids, first_ids)), cfg.with_(seed=cfg.seed), [4, 32],
+                             n_splits=2)
+    assert again.best_batch_size == res.best_params[0]["batch_size"]

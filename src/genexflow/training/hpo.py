@@ -263,6 +263,8 @@ def nested_cv(
     tracker: Any = None,
     timeout: float | None = None,
     on_fold: Callable[[Any, str, dict[str, float]], None] | None = None,
+    batch_sizes: Sequence[int] = (),
+    lr_scaling: str = "sqrt",
 ) -> NestedCVResult:
     """Nested cross-validation: an Optuna search inside every outer training fold, scored on the outer test.
 
@@ -283,6 +285,9 @@ def nested_cv(
     baselines : baselines on the outer folds (``[]`` for none)
     tracker : RunTracker, optional
         Inner trials become nested runs (``outer-<fold>/trial-<n>``).
+    batch_sizes, lr_scaling : the batch-size sweep (:func:`batch_size_sweep`), run first on each outer
+        training fold when given; ``n_trials=0`` runs the sweep alone. The chosen size and learning rate
+        are recorded in ``best_params`` as ``batch_size`` / ``lr``.
     """
     labels = encode_labels(cohort, cfg)
     data = cohort.subset(labels.labeled) if not labels.labeled.all() else cohort
@@ -298,12 +303,19 @@ def nested_cv(
         # the search sees the outer training rows only
         inner = data.subset(sp.train)
         searched.append(np.asarray(inner.sample_ids))
-        search = run_hpo(inner, cfg.with_(seed=cfg.seed + 101 * i), n_trials=n_trials,
-                         sampler=sampler, space=space, metric=metric, split=inner_split,
-                         n_splits=inner_splits, tracker=tracker, timeout=timeout)
-        best_params.append(search.best_params)
-        inner_best.append(search.best_value)
-        parts.append(cross_validate(data, search.best_config.with_(seed=cfg.seed), splits=[sp],
+        fold_cfg, chosen, value = cfg.with_(seed=cfg.seed + 101 * i), {}, float("nan")
+        if batch_sizes:
+            sweep = batch_size_sweep(inner, fold_cfg, batch_sizes, lr_scaling, n_splits=inner_splits, metric=metric)
+            fold_cfg = sweep.best_config
+            chosen = {"batch_size": fold_cfg.batch_size, "lr": fold_cfg.lr}
+            value = float(sweep.table.loc[sweep.table["chosen"], f"{sweep.metric}_mean"].iloc[0])
+        if n_trials > 0:
+            search = run_hpo(inner, fold_cfg, n_trials=n_trials, sampler=sampler, space=space, metric=metric,
+                             split=inner_split, n_splits=inner_splits, tracker=tracker, timeout=timeout)
+            fold_cfg, chosen, value = search.best_config, {**chosen, **search.best_params}, search.best_value
+        best_params.append(chosen)
+        inner_best.append(value)
+        parts.append(cross_validate(data, fold_cfg.with_(seed=cfg.seed, batch_sizes=[]), splits=[sp],
                                     baselines=baselines, on_fold=on_fold))
     folds = pd.concat([p.folds for p in parts], ignore_index=True)
     folds.attrs["n_unlabeled"] = int((~labels.labeled).sum())

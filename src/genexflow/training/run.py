@@ -135,16 +135,16 @@ def train_and_track(
                                   "genexflow.init_from.run_id": source["run_id"]} if source else {})})
             cfg = cfg.with_(init_from=str(folder))
 
+        untuned = cfg  # what the nested CV below tunes per outer fold (the sweep and the search)
         if cfg.batch_sizes:
             stage(f"batch-size sweep {list(cfg.batch_sizes)} ({cfg.lr_scaling} lr scaling)")
 
             sweep = batch_size_sweep(cohort, cfg, cfg.batch_sizes, cfg.lr_scaling,
                                      tracker=tracker if tracking else None)
-            cfg = sweep.best_config.with_(batch_sizes=[])
+            cfg = sweep.best_config.with_(batch_sizes=[])  # the final model's choice, from all rows
             tracker.log_params({"batch_sweep.chosen": cfg.batch_size, "batch_sweep.lr": cfg.lr})
             tracker.log_table(sweep.table.set_index("batch_size"), "batch_sweep/table")
         hpo = None
-        untuned = cfg
         if hpo_trials > 0:
             stage(f"hyper-parameter search ({hpo_trials} trials)")
 
@@ -168,15 +168,20 @@ def train_and_track(
                     if hooks.fold_epochs is not None:
                         out_cbs.append(hooks.fold_epochs(sp.name, cfg.epochs))
                     return out_cbs
-            if hpo is not None:
-                # Nested: every outer fold runs its own search on its training rows, so the reported score
-                # never saw the data it was tuned on (the search above only picks the final model's config).
-
-                nested = nested_cv(cohort, untuned, n_trials=hpo_trials, split=split, n_splits=cv,
-                                   n_repeats=n_repeats, inner_splits=min(3, cv), baselines=baselines,
-                                   sampler=hpo_sampler, space=hpo_space, on_fold=hooks.on_fold)
+            if hpo is not None or untuned.batch_sizes:
+                # Nested: every outer fold runs its own batch-size sweep and search on its training rows, so
+                # the reported score never saw the data it was tuned on (the sweep and search above only
+                # pick the final model's config).
+                nested = nested_cv(cohort, untuned.with_(batch_sizes=[]), n_trials=hpo_trials, split=split,
+                                   n_splits=cv, n_repeats=n_repeats, inner_splits=min(3, cv) if cv >= 2 else 3,
+                                   baselines=baselines, sampler=hpo_sampler, space=hpo_space,
+                                   on_fold=hooks.on_fold, batch_sizes=untuned.batch_sizes,
+                                   lr_scaling=untuned.lr_scaling)
                 cvres = nested.cv
                 tracker.log_metrics({"hpo_nested_optimism": nested.optimism()})
+                if untuned.batch_sizes:
+                    tracker.log_params({"batch_sweep.outer_choices": ",".join(
+                        str(p["batch_size"]) for p in nested.best_params)})
             else:
                 cvres = cross_validate(cohort, cfg, split=split, n_splits=cv, n_repeats=n_repeats,
                                        baselines=baselines, epoch_callbacks=cb, on_fold=hooks.on_fold)
