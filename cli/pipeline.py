@@ -179,7 +179,10 @@ def run(
     console.print(f"[bold]training pipeline[/] on {expression} ({label}); workspace {ws.root}")
     result = run_training(args, ws, enable_caching=cache, on_event=_progress_printer())
     if json_out:
-        typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
+        summary = result.to_dict()
+        if result.mlflow_run_id:  # the run report as the last step completed it, like the terminal summary
+            summary["run_report"] = str(_fetch_report(result))
+        typer.echo(json.dumps(summary, indent=1, default=str))
         return
     _print_training_summary(result)
 
@@ -239,12 +242,16 @@ def _print_training_summary(result) -> None:
     for label, path in result.reports.items():
         out.print(f"[bold]{label:<16}[/] {_viewable(path)}", highlight=False)
     if result.mlflow_run_id:  # the report as the last step completed it (model card: registry, gate, infra)
-        # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
-        from genexflow.report import fetch_run_report  # lazy: pulls torch/sklearn (keeps --help fast)
+        print_run_summary(out, _fetch_report(result))
 
-        report = fetch_run_report(result.mlflow_run_id, result.run.run_dir / "report.html",
-                                  result.workspace.tracking_uri)
-        print_run_summary(out, report)
+
+def _fetch_report(result) -> Path:
+    """The training run's report.html (model card completed by the last step), copied next to the run."""
+    # lazy: the library pulls torch/sklearn, and `genexflow --help` imports every command module
+    from genexflow.report import fetch_run_report
+
+    return Path(fetch_run_report(result.mlflow_run_id, result.run.run_dir / "report.html",
+                                 result.workspace.tracking_uri))
 
 
 def _viewable(path: str) -> str:

@@ -105,6 +105,7 @@ def first(env, tmp_path_factory):
     assert res.exit_code == 0, (res.output, res.exception)
     summary = json.loads(res.stdout)
     assert summary["state"] == "SUCCESS" and summary["tracking_uri"] == env["ws"].tracking_uri
+    assert "<html" in open(summary["run_report"]).read(300).lower()  # --json names the run report too
     out = read_training_result(LocalRun.load(summary["pipeline_run"]), env["ws"], summary["model_name"])
     assert out.registered_version == summary["registered_version"]
     return out
