@@ -152,7 +152,7 @@ def test_crosstalk_equals_pairwise_sum():
                   gene_linear=False, pathway_interactions=3)
     x = torch.randn(5, 30)
     with torch.no_grad():
-        net.fm_gene_weights.normal_()
+        net.fm_member_weights.normal_()
         net.fm_gate.fill_(1.0)
         out = net.crosstalk(x.unsqueeze(1)).numpy()
         s = (x @ (net.fm_gene_weights * net.membership)).numpy()

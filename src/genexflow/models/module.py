@@ -33,7 +33,9 @@ from genexflow.models.layers import (
     MembershipPropagation,
     PathwayPooling,
     TransformerEncoderLayer,
+    channel_mix,
     make_propagation,
+    member_rows,
 )
 from genexflow.priors.graph import GeneGraph, comembership_graph
 
@@ -179,8 +181,20 @@ class PathwayNet(nn.Module):
         if c.pathway_interactions:
             # Signed per-member gene weights (a pathway-masked linear encoder, as in P-NET), starting at
             # the members' mean: the pathway score.
+            # Stored per membership entry (M's non-zeros in row-major order): only those weights matter, so a
+            # dense (G, P) matrix would be ~99% dead parameters that AdamW still updates every step.
             size = np.maximum(M.sum(0, keepdims=True), 1.0)
-            self.fm_gene_weights = nn.Parameter(torch.as_tensor(M / size))
+            rows, cols = np.nonzero(M)
+            idx = member_rows(torch.as_tensor(M))
+            slot = np.full(c.n_genes, -1, np.int64)
+            slot[idx.numpy()] = np.arange(len(idx))
+            self.fm_member_weights = nn.Parameter(torch.as_tensor((M / size)[rows, cols], dtype=torch.float32))
+            # Where each weight sits in the (G, P) matrix and in the member-genes-only (Gm, P) matrix.
+            self.register_buffer("fm_flat_index", torch.as_tensor(rows * c.n_pathways + cols), persistent=False)
+            self.register_buffer("fm_member_index", torch.as_tensor(slot[rows] * c.n_pathways + cols),
+                                 persistent=False)
+            self.register_buffer("fm_member_genes", idx, persistent=False)
+            self.register_load_state_dict_pre_hook(_dense_crosstalk_weights)
             self.fm_factors = nn.Parameter(torch.randn(c.n_pathways, c.n_outputs * c.pathway_interactions) * 0.1)
             # ReZero-style gate: the term starts at exactly 0 (so a GLM start is exact) yet learns, since the
             # gate's gradient is the (random-factor) term itself.
@@ -254,10 +268,10 @@ class PathwayNet(nn.Module):
             H = torch.addcmul(self.gene_embed, x3, self.gene_scale)  # (B, F, G)
             for layer in self.gcn:
                 H = layer(H, self.propagate)
-            gene_out = (self.gene_readout.weight @ H).squeeze(1) + self.gene_readout.bias  # (B, G)
+            gene_out = channel_mix(self.gene_readout.weight, H).squeeze(1) + self.gene_readout.bias  # (B, G)
             parts.append(self.readout(gene_out))
         if c.use_transformer:
-            feats = x3 if H is None or not c.token_gene_dim else torch.cat([x3, self.token_gene.weight @ H], 1)
+            feats = x3 if H is None or not c.token_gene_dim else torch.cat([x3, channel_mix(self.token_gene.weight, H)], 1)
             pooled = self.pooling(feats, self.membership)  # (B, 1 + t, P); channel 0 = pathway score at init
             tokens = self.token_proj(pooled.transpose(1, 2)) + self.pathway_embed  # (B, P, d)
             cls = self.cls_token.expand(tokens.shape[0], -1, -1)
@@ -299,10 +313,20 @@ class PathwayNet(nn.Module):
         hidden = F.gelu(torch.einsum("bpi,pih->bph", feats, self.ph_w1) + self.ph_b1)
         return torch.einsum("bph,phk->bpk", hidden, self.ph_w2) + self.ph_b2
 
+    @property
+    def fm_gene_weights(self) -> Tensor:
+        """The crosstalk's pathway-score weights as the masked (G, P) matrix ``W ⊙ M`` (zero off-membership)."""
+        G, P = self.membership.shape
+        return self.fm_member_weights.new_zeros(G * P).scatter(0, self.fm_flat_index, self.fm_member_weights).view(G, P)
+
     def crosstalk(self, x3: Tensor) -> Tensor:
         """Factorization-machine logits over pathway scores: γ/2 Σ_f [(s V_f)² − s² V_f²], per output (B, K);
-        γ is a learned gate that starts at 0."""
-        s = x3.squeeze(1) @ (self.fm_gene_weights * self.membership)  # (B, P)
+        γ is a learned gate that starts at 0. Pathway scores ``s = x (W ⊙ M)``, computed over the member
+        genes only."""
+        idx = self.fm_member_genes
+        P = self.membership.shape[1]
+        Wm = self.fm_member_weights.new_zeros(len(idx) * P).scatter(0, self.fm_member_index, self.fm_member_weights)
+        s = x3.squeeze(1).index_select(1, idx) @ Wm.view(-1, P)  # (B, P)
         V = self.fm_factors
         quad = (s @ V).pow(2) - s.pow(2) @ V.pow(2)  # (B, K·r), output-major
         return (0.5 * self.fm_gate) * (quad @ self.fm_sum)
@@ -363,6 +387,13 @@ class PathwayNet(nn.Module):
             raise InputError("no attention weights: call forward(..., return_attention=True) with the "
                              "transformer branch enabled")
         return output.attention[-1][:, :, 0, 1:].mean(1)
+
+
+def _dense_crosstalk_weights(module, state_dict, prefix, *args) -> None:
+    """Load hook: a checkpoint saved with the dense (G, P) ``fm_gene_weights`` gives its membership entries."""
+    dense = state_dict.pop(prefix + "fm_gene_weights", None)
+    if dense is not None and prefix + "fm_member_weights" not in state_dict:
+        state_dict[prefix + "fm_member_weights"] = dense.reshape(-1)[module.fm_flat_index.to(dense.device)]
 
 
 class _Placeholder:  # marker: rebuild propagation buffers empty, load_state_dict fills them

@@ -158,9 +158,49 @@ def _takes_covariates(module) -> bool:
     return len(params) >= 2
 
 
-def call_module(module, x, cov):
-    """Run the module on ``(x, covariates)`` and return its raw output."""
-    return module(x, cov) if _takes_covariates(module) else module(x)
+def _takes_return_attention(module) -> bool:
+    try:
+        return "return_attention" in inspect.signature(getattr(module, "module", module).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_module(module, x, cov, **kwargs):
+    """Run the module on ``(x, covariates)`` and return its raw output. ``attention=False`` asks a module
+    whose forward takes ``return_attention`` (PathwayNet) not to compute attention weights."""
+    if kwargs.pop("attention", True) is False and _takes_return_attention(module):
+        kwargs["return_attention"] = False
+    return module(x, cov, **kwargs) if _takes_covariates(module) else module(x, **kwargs)
+
+
+def batched_call(module, x, cov, batch_size: int = 256, **kwargs):
+    """:func:`call_module` over row chunks of ``batch_size``, outputs concatenated along the rows (a tensor,
+    a NamedTuple or a dict of tensors / ``None``): the same output as one call, without the one-call peak
+    memory (at 20,000 genes the GCN features of 1,500 rows alone are ~1 GB per layer)."""
+    n = len(x)
+    if n <= batch_size:
+        return call_module(module, x, cov, **kwargs)
+    outs = [call_module(module, x[lo:lo + batch_size], cov[lo:lo + batch_size], **kwargs)
+            for lo in range(0, n, batch_size)]
+    first = outs[0]
+
+    def cat(vals):
+        if all(isinstance(v, torch.Tensor) for v in vals):
+            return torch.cat(vals)
+        if all(v is None for v in vals):
+            return None
+        raise TypeError("cannot concatenate module outputs")
+
+    try:
+        if isinstance(first, torch.Tensor):
+            return cat(outs)
+        if isinstance(first, tuple) and hasattr(first, "_fields"):
+            return type(first)(*(cat([o[i] for o in outs]) for i in range(len(first))))
+        if isinstance(first, dict):
+            return {k: cat([o[k] for o in outs]) for k in first}
+    except TypeError:
+        pass
+    return call_module(module, x, cov, **kwargs)  # an output type we cannot stitch: one call
 
 
 def task_output(out):
@@ -235,6 +275,22 @@ def module_loss(module, out, x_clean, y, task: str, recon_weight: float, class_w
         metrics.setdefault("loss", float(res.total.detach()))
         return LossOutput(res.total, pred, metrics)
     return compute_loss(out, x_clean, y, task, recon_weight, class_weights)
+
+
+def clip_grad_norm(parameters, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` (same norm, same scale ``max_norm / (norm + 1e-6)`` when it is
+    below 1), but on CPU the gradients are only rescaled when the norm exceeds ``max_norm``: torch always
+    multiplies them (by 1.0 when not clipping, to avoid a device sync), a full read and write of every
+    gradient per step; on CPU the sync is free."""
+    params = [p for p in parameters if p.grad is not None]
+    if not params or params[0].grad.device.type != "cpu":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params]
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    coef = max_norm / (norm + 1e-6)
+    if not coef >= 1.0:  # also NaN/inf norms, which torch propagates into the gradients the same way
+        torch._foreach_mul_(grads, coef)
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -354,8 +410,9 @@ class Trainer:
             # branches that skips some must disable them in its config rather than leave them unused.
             model = DDP(module, device_ids=[device.index] if device.type == "cuda" else None)
 
+        # fused: one kernel per parameter for the whole AdamW update (CPU and CUDA) instead of ~8 ops.
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
         n = len(train)
         steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps_per_epoch,
@@ -372,7 +429,7 @@ class Trainer:
             else:
                 module.eval()
                 with torch.no_grad():
-                    out = call_module(module, xt, ct)
+                    out = batched_call(module, xt, ct, attention=False)
                     start = module_loss(module, out, xt, yt, cfg.task, cfg.recon_weight, class_w).metrics[
                         "prediction_loss"]
             best = (start, -1)
@@ -404,7 +461,7 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+                    clip_grad_norm(module.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 step += 1
@@ -465,7 +522,8 @@ class Trainer:
         x, c, y = val_t
         module.eval()
         with torch.no_grad():
-            out = call_module(module, x, c)
+            # In row chunks, without attention weights (the loss needs none).
+            out = batched_call(module, x, c, attention=False)
             loss = module_loss(module, out, x, y, cfg.task, cfg.recon_weight, class_w)
             pred = task_output(out)
         # Early stopping watches the prediction loss: the reconstruction keeps improving long after the
