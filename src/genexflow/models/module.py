@@ -199,6 +199,12 @@ class PathwayNet(nn.Module):
             # ReZero-style gate: the term starts at exactly 0 (so a GLM start is exact) yet learns, since the
             # gate's gradient is the (random-factor) term itself.
             self.fm_gate = nn.Parameter(torch.zeros(()))
+            # Joint read-out of the pathway scores (identity = the pooled scores; the trainer loads a
+            # factor-model read-out that separates programs sharing genes) and linear pathway terms (start
+            # at 0); see genexflow.training.crosstalk.
+            self.fm_mix = nn.Parameter(torch.eye(c.n_pathways))
+            self.fm_linear = nn.Parameter(torch.zeros(c.n_pathways, c.n_outputs))
+            self.register_load_state_dict_pre_hook(_crosstalk_defaults)
             # Sums each output's r factor products: a constant (K·r, K) matmul keeps every ONNX shape static.
             self.register_buffer("fm_sum", torch.repeat_interleave(torch.eye(c.n_outputs), c.pathway_interactions, 0),
                                  persistent=False)
@@ -319,17 +325,21 @@ class PathwayNet(nn.Module):
         G, P = self.membership.shape
         return self.fm_member_weights.new_zeros(G * P).scatter(0, self.fm_flat_index, self.fm_member_weights).view(G, P)
 
-    def crosstalk(self, x3: Tensor) -> Tensor:
-        """Factorization-machine logits over pathway scores: γ/2 Σ_f [(s V_f)² − s² V_f²], per output (B, K);
-        γ is a learned gate that starts at 0. Pathway scores ``s = x (W ⊙ M)``, computed over the member
-        genes only."""
+    def pathway_scores(self, x3: Tensor) -> Tensor:
+        """The pathway terms' scores ``s = x (W ⊙ M) D`` (B, P), computed over the member genes only; ``D`` is
+        the read-out ``fm_mix``."""
         idx = self.fm_member_genes
         P = self.membership.shape[1]
         Wm = self.fm_member_weights.new_zeros(len(idx) * P).scatter(0, self.fm_member_index, self.fm_member_weights)
-        s = x3.squeeze(1).index_select(1, idx) @ Wm.view(-1, P)  # (B, P)
+        return (x3.squeeze(1).index_select(1, idx) @ Wm.view(-1, P)) @ self.fm_mix
+
+    def crosstalk(self, x3: Tensor) -> Tensor:
+        """Pathway terms over pathway scores: γ/2 Σ_f [(s V_f)² − s² V_f²] (a factorization machine) + s L,
+        per output (B, K); γ is a learned gate that starts at 0, L (linear pathway terms) starts at 0."""
+        s = self.pathway_scores(x3)
         V = self.fm_factors
         quad = (s @ V).pow(2) - s.pow(2) @ V.pow(2)  # (B, K·r), output-major
-        return (0.5 * self.fm_gate) * (quad @ self.fm_sum)
+        return (0.5 * self.fm_gate) * (quad @ self.fm_sum) + s @ self.fm_linear
 
     # ------------------------------------------------------------------ loss and readouts
     def loss(self, output: PathwayNetOutput, expression: Tensor, target: Tensor,
@@ -394,6 +404,13 @@ def _dense_crosstalk_weights(module, state_dict, prefix, *args) -> None:
     dense = state_dict.pop(prefix + "fm_gene_weights", None)
     if dense is not None and prefix + "fm_member_weights" not in state_dict:
         state_dict[prefix + "fm_member_weights"] = dense.reshape(-1)[module.fm_flat_index.to(dense.device)]
+
+
+def _crosstalk_defaults(module, state_dict, prefix, *args) -> None:
+    """Load hook: checkpoints saved before the read-out and linear pathway terms get their neutral values."""
+    if prefix + "fm_factors" in state_dict:
+        state_dict.setdefault(prefix + "fm_mix", torch.eye(module.config.n_pathways))
+        state_dict.setdefault(prefix + "fm_linear", torch.zeros(module.config.n_pathways, module.config.n_outputs))
 
 
 class _Placeholder:  # marker: rebuild propagation buffers empty, load_state_dict fills them

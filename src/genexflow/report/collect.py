@@ -300,7 +300,8 @@ def biology_section(ex: Any) -> dict[str, Any] | None:
                  for g, r in genes.iterrows()]
     pw = ex.pathways
     enr = ex.enrichment
-    by = primary if primary in pw.columns else ("attention" if "attention" in pw.columns else None)
+    by = getattr(ex, "pathway_primary", None)
+    by = by if by in pw.columns else primary if primary in pw.columns else ("attention" if "attention" in pw.columns else None)
     top = pw.sort_values(by, ascending=False).head(TOP_PATHWAYS) if by else pw.head(TOP_PATHWAYS)
     pairs = ex.crosstalk_pairs.head(TOP_PAIRS) if len(ex.crosstalk_pairs) else pd.DataFrame()
     ids = list(top.index.astype(str)) + (list(pairs["pathway_a"].astype(str)) + list(pairs["pathway_b"].astype(str))

@@ -12,6 +12,7 @@ import torch
 
 from genexflow.models import PathwayNet
 from genexflow.training.config import TrainConfig
+from genexflow.training.crosstalk import init_crosstalk
 from genexflow.training.folds import PreparedFold
 from genexflow.training.pretrain import encoder_sizes, init_from_pretrained
 from genexflow.training.splits import train_val_split
@@ -46,7 +47,10 @@ def train_deep(fold: PreparedFold, cfg: TrainConfig, n_outputs: int,
         y = fold.train.y
         if cfg.task == "regression":  # in the trainer's units: standardized by the fit rows' mean and SD
             y = (y - np.mean(fit.y)) / (np.std(fit.y) or 1.0)
-        started = init_wide(module, fold.train.X, y, cfg.task, cfg.wide_init, cfg.seed, cfg.wide_trainable)
+        glm = init_wide(module, fold.train.X, y, cfg.task, cfg.wide_init, cfg.seed, cfg.wide_trainable)
+        started = glm is not None
+        if started:  # the crosstalk's CANN start: pathway terms fitted over the GLM's out-of-fold logits
+            init_crosstalk(module, fold.train.X, y, glm, cfg.task, cfg.seed)
     res = Trainer(cfg, callbacks).fit(module, fit, fold.train.take(val_idx), start_is_candidate=started)
     fold_target_scaling(res)
     return res

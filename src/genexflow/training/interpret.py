@@ -151,7 +151,7 @@ def pathway_attention(module, data: TensorData) -> np.ndarray | None:
 def pathway_crosstalk(module, data: TensorData, pathways: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame] | None:
     """Interaction strength of the model's pathway-crosstalk term, or None when it has none.
 
-    With pathway scores ``s = x (M ⊙ W_s)`` and factors ``V`` (P, K, r) behind gate γ, the term adds
+    With pathway scores ``s = x (M ⊙ W_s) D`` and factors ``V`` (P, K, r) behind gate γ, the term adds
     ``γ <v_kj, v_kl> s_j s_l`` to logit k. Returns per pathway ``|γ| · ||V_j|| · sd(s_j)`` (P,) and the
     pairs ranked by ``|γ| · sqrt(Σ_k <v_kj, v_kl>²) · sd(s_j) · sd(s_l)``: ``pathway_a, pathway_b, strength``.
     """
@@ -160,10 +160,10 @@ def pathway_crosstalk(module, data: TensorData, pathways: Sequence[str]) -> tupl
         return None
     c = module.config
     with torch.no_grad():
-        Ws = (module.fm_gene_weights * module.membership).cpu().numpy().astype(np.float64)
+        x3 = torch.as_tensor(np.asarray(data.X, np.float32)).to(V.device).unsqueeze(1)
+        sd = module.pathway_scores(x3).double().std(0, unbiased=False).cpu().numpy()
         Vn = V.detach().cpu().numpy().astype(np.float64).reshape(c.n_pathways, c.n_outputs, c.pathway_interactions)
         gate = abs(float(module.fm_gate)) if hasattr(module, "fm_gate") else 1.0
-    sd = (np.asarray(data.X, np.float64) @ Ws).std(0)
     per = gate * np.sqrt((Vn ** 2).sum((1, 2))) * sd
     inner = np.einsum("jkr,lkr->jlk", Vn, Vn)  # <v_kj, v_kl> per output
     pair = gate * np.sqrt((inner ** 2).sum(-1)) * np.outer(sd, sd)
@@ -173,6 +173,33 @@ def pathway_crosstalk(module, data: TensorData, pathways: Sequence[str]) -> tupl
     pairs = pd.DataFrame({"pathway_a": names[j[order]], "pathway_b": names[l_[order]],
                           "strength": pair[j, l_][order]})
     return per, pairs
+
+
+def pathway_term_shapley(module, data: TensorData) -> np.ndarray | None:
+    """Mean |Shapley value| per pathway of the model's pathway terms (linear + crosstalk), (P,), or None.
+
+    The terms ``f(s) = s L + γ FM(s)`` are a pairwise-interaction model of the pathway scores ``s`` (zero
+    mean on the training rows), so their Shapley values against the baseline ``s = 0`` are exact and
+    cheap: ``φ_jk = s_j L_jk + γ/2 Σ_l <v_kj, v_kl> s_j s_l`` (each interaction split evenly between its
+    two pathways). Per sample the values are centred over outputs (softmax ignores a shift) and their
+    norm over outputs is averaged over samples. Main effects and interactions both count, which the
+    crosstalk strength alone (interactions only) and gene-level attributions averaged over members (which
+    dilute a program in its set's size and overlaps) miss.
+    """
+    if getattr(module, "fm_linear", None) is None:
+        return None
+    c = module.config
+    with torch.no_grad():
+        x = torch.as_tensor(np.asarray(data.X, np.float32)).to(module.fm_linear.device)
+        S = module.pathway_scores(x.unsqueeze(1)).double()
+        V = module.fm_factors.double().reshape(c.n_pathways, c.n_outputs, c.pathway_interactions)
+        inner = torch.einsum("jkr,lkr->kjl", V, V)  # (K, P, P)
+        inner = inner - torch.diag_embed(torch.diagonal(inner, dim1=1, dim2=2))
+        gate = float(module.fm_gate)
+        phi = S[:, :, None] * module.fm_linear.double()[None]  # (n, P, K)
+        phi = phi + 0.5 * gate * S[:, :, None] * torch.einsum("kjl,nl->njk", inner, S)
+        phi = phi - phi.mean(-1, keepdim=True) if c.n_outputs > 1 else phi
+    return phi.pow(2).sum(-1).sqrt().mean(0).cpu().numpy()
 
 
 def _is_clf(module) -> bool:
@@ -246,6 +273,10 @@ class Explanation:
     crosstalk_pairs : DataFrame
         Strongest pathway pairs of the crosstalk term (``pathway_a, pathway_b, strength``; empty without
         one); the per-pathway strength is the ``crosstalk`` column of ``pathways``.
+    pathway_primary : str
+        The ``pathways`` column that ranks pathways (the table's order, :meth:`top_pathways`,
+        :meth:`precision_at_k`): ``pathway_terms`` (Shapley values of the model's pathway terms, see
+        :func:`pathway_term_shapley`) when the model uses them, else ``primary``.
     """
 
     genes: pd.DataFrame
@@ -255,18 +286,19 @@ class Explanation:
     sample_ids: list[str] = field(default_factory=list)
     primary: str = "integrated_gradients"
     crosstalk_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pathway_primary: str | None = None
 
     def top_genes(self, k: int = 20) -> pd.DataFrame:
         return self.genes.head(k)
 
     def top_pathways(self, k: int = 20, by: str | None = None) -> pd.DataFrame:
-        by = by or f"{self.primary}"
+        by = by or self.pathway_primary or self.primary
         return self.pathways.sort_values(by, ascending=False).head(k)
 
     def precision_at_k(self, planted: Sequence[str], k: int | None = None, by: str | None = None) -> float:
-        """precision@k of planted pathways in the ranking ``by`` (default: the primary method); ``k``
+        """precision@k of planted pathways in the ranking ``by`` (default: :attr:`pathway_primary`); ``k``
         defaults to the number of planted pathways."""
-        by = by or self.primary
+        by = by or self.pathway_primary or self.primary
         k = k or len(planted)
         ranked = self.pathways.sort_values(by, ascending=False).index
         return precision_at_k(ranked, planted, k)
@@ -343,7 +375,11 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
             pw["crosstalk"], pairs = ct
             pairs.insert(1, "name_a", [names.get(p, "") for p in pairs["pathway_a"]])
             pairs.insert(3, "name_b", [names.get(p, "") for p in pairs["pathway_b"]])
-        order = primary or ("attention" if "attention" in pw else None)
+        terms = pathway_term_shapley(module, sub)
+        if terms is not None and len(terms) == len(pathways):
+            pw["pathway_terms"] = terms
+        order = ("pathway_terms" if "pathway_terms" in pw and pw["pathway_terms"].max() > 0 else
+                 primary or ("attention" if "attention" in pw else None))
         if order:
             pw = pw.sort_values(order, ascending=False)
     enr = pd.DataFrame()
@@ -355,4 +391,5 @@ def explain(model: Any, cohort: Any = None, data: TensorData | None = None,
         # mean-|attribution| ranking favours.
         pw["enrichment"] = -np.log10(enr["p_value"].reindex(pw.index).fillna(1.0).clip(lower=1e-300))
     return Explanation(gene_df, pw, enr, attrs, [ids[i] for i in pick], primary or "attention",
-                       pairs if len(pathways) and ct is not None else pd.DataFrame())
+                       pairs if len(pathways) and ct is not None else pd.DataFrame(),
+                       order if len(pathways) and order in pw else None)

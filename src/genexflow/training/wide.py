@@ -46,7 +46,7 @@ WIDE_INITS = ("auto", "l2", "elasticnet", "none")
 
 
 def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: int = 0,
-            n_outputs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            n_outputs: int | None = None, return_estimator: bool = False):
     """Fit the penalized GLM of ``kind`` and return its weights as logits of every output.
 
     Parameters
@@ -59,6 +59,8 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
     kind : {"auto", "l2", "elasticnet"}
     n_outputs : int
         K classes (classes absent from ``y`` get weight 0 and a bias of -10).
+    return_estimator : bool
+        Also return the fitted scikit-learn estimator (third item).
 
     Returns
     -------
@@ -81,18 +83,26 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
             est = (make_baseline(names[0], task, seed) if names else
                    ElasticNetCV(l1_ratio=[0.1, 0.5, 0.9], alphas=30, cv=3, max_iter=5000, random_state=seed))
             est.fit(X, y)
-            return (np.asarray(est.coef_, np.float32).reshape(1, G),
-                    np.asarray([est.intercept_], np.float32).reshape(1))
-        y = np.asarray(y, np.int64)
-        k = int(n_outputs or y.max() + 1)
-        cv = _inner_cv(y, seed, task)  # the baselines' inner folds, shared by both families
-        fits = [make_baseline(n, task, seed).set_params(cv=cv).fit(X, y) for n in names]
-        # auto: the family with the better inner-CV log-loss at its best strength (same folds for both)
-        est = max(fits, key=lambda e: float(np.asarray(e.scores_).mean(0).max()))
+        else:
+            y = np.asarray(y, np.int64)
+            cv = _inner_cv(y, seed, task)  # the baselines' inner folds, shared by both families
+            fits = [make_baseline(n, task, seed).set_params(cv=cv).fit(X, y) for n in names]
+            # auto: the family with the better inner-CV log-loss at its best strength (same folds for both)
+            est = max(fits, key=lambda e: float(np.asarray(e.scores_).mean(0).max()))
+    k = 1 if not clf else int(n_outputs or y.max() + 1)
+    W, b = glm_logits(est, G, k, task)
+    return (W, b, est) if return_estimator else (W, b)
+
+
+def glm_logits(est, n_genes: int, n_outputs: int, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted linear estimator's weights as (K, G) logits of every output and (K,) biases."""
+    if task != "classification":
+        return (np.asarray(est.coef_, np.float32).reshape(1, n_genes),
+                np.asarray([est.intercept_], np.float32).reshape(1))
     coef = np.asarray(est.coef_, np.float64)
     icpt = np.asarray(est.intercept_, np.float64).reshape(-1)
-    W = np.zeros((k, G))
-    b = np.full(k, -10.0)  # a class never seen in training gets a vanishing probability
+    W = np.zeros((n_outputs, n_genes))
+    b = np.full(n_outputs, -10.0)  # a class never seen in training gets a vanishing probability
     cls = np.asarray(est.classes_, dtype=int)
     if len(cls) == 2:
         W[cls[0]], W[cls[1]] = -coef[0] / 2, coef[0] / 2
@@ -103,16 +113,17 @@ def fit_glm(X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: i
 
 
 def init_wide(module, X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto", seed: int = 0,
-              trainable: bool = False) -> bool:
+              trainable: bool = False):
     """Load the GLM into ``module.wide`` and zero the head's output layer (the CANN start).
 
-    Returns False (and leaves the module alone) when the module has no wide path or ``kind`` is
-    ``"none"``. With ``trainable=False`` the wide weights are frozen: the deep branches learn the residual.
+    Returns the fitted scikit-learn GLM, or None (leaving the module alone) when the module has no wide
+    path or ``kind`` is ``"none"``. With ``trainable=False`` the wide weights are frozen: the deep branches
+    learn the residual.
     """
     wide = getattr(module, "wide", None)
     if wide is None or kind == "none":
-        return False
-    W, b = fit_glm(X, y, task, kind, seed, n_outputs=wide.out_features)
+        return None
+    W, b, est = fit_glm(X, y, task, kind, seed, n_outputs=wide.out_features, return_estimator=True)
     with torch.no_grad():
         wide.weight.copy_(torch.as_tensor(W))
         wide.bias.copy_(torch.as_tensor(b))
@@ -123,4 +134,4 @@ def init_wide(module, X: np.ndarray, y: np.ndarray, task: str, kind: str = "auto
             last.bias.zero_()
     wide.weight.requires_grad_(trainable)
     wide.bias.requires_grad_(trainable)
-    return True
+    return est
