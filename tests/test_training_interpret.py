@@ -81,11 +81,13 @@ def test_explain_tables_and_planted_pathways(trained):
     # SHAP and IG agree on which genes matter
     rho = pd.Series(ex.genes["shap"]).corr(ex.genes["integrated_gradients"], method="spearman")
     assert rho > 0.5
-    # Planted truth: the label-driving pathways (XOR pair + the additive one) should head the ranking.
+    # Planted truth: the label-driving pathways (XOR pair + the additive one) head the explanation's
+    # ranking, the Shapley values of the model's pathway terms (main effects and the crosstalk).
     planted = truth.informative_pathways[:3]
-    p_ig = ex.precision_at_k(planted, by="integrated_gradients")
-    p_enr = ex.precision_at_k(planted, by="enrichment")
-    assert max(p_ig, p_enr) >= 1 / 3
+    assert ex.pathway_primary == "pathway_terms" and list(ex.pathways.columns).count("pathway_terms") == 1
+    assert ex.precision_at_k(planted) == 1.0
+    assert set(ex.top_pathways(3).index) == set(planted) == set(ex.pathways.index[:3])
+    assert set(ex.crosstalk_pairs.iloc[0][["pathway_a", "pathway_b"]]) == set(planted[:2])  # the XOR pair
     # Informative genes carry far more attribution than the rest.
     inf = ex.genes.index.isin(truth.informative_genes)
     assert ex.genes.loc[inf, "integrated_gradients"].mean() > 2 * ex.genes.loc[~inf, "integrated_gradients"].mean()
