@@ -111,6 +111,7 @@ def run_row(kind: str, threads: int, epochs: int, seed: int = 0) -> dict:
 
     def mark(epoch, rec):
         marks.append((time.perf_counter(), time.process_time()))
+        print(f"[{kind} t={threads}] epoch {epoch} done at {marks[-1][0] - t0:.0f} s wall", file=sys.stderr, flush=True)
 
     fit, val = data.take(fit_idx), data.take(val_idx)
     del data
@@ -142,9 +143,9 @@ def spawn(kind: str, code: str, threads: int, epochs: int, before_src: str | Non
     if code == "before":
         env["PYTHONPATH"] = before_src
     cmd = [sys.executable, str(HERE), "--row", kind, "--threads", str(threads), "--epochs", str(epochs)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)  # progress on stderr
     if out.returncode:
-        raise RuntimeError(f"row {code}/{kind}/{threads} failed:\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"row {code}/{kind}/{threads} failed (see its stderr above)")
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["code"] = code
     return row
@@ -172,8 +173,9 @@ def render(store: dict) -> str:
         "standardized float32 matrix (not `simulate_cohort`); the product's preprocessing keeps the 2,000 "
         "most variable genes by default (`preprocessing.max_genes`), this is the model at "
         "`max_genes=None`. before = commit dc16186, after = this commit's code. Epoch time: best of the "
-        "timed epochs (epoch 0, which includes setup, is not counted); peak RSS = VmHWM of a fresh process "
-        "per row (data 0.8 GB + fit/val copies 0.8 GB included).",
+        "timed epochs (epoch 0, which includes setup, is not counted); peak RSS = the training peak: VmHWM of "
+        "a fresh process per row, reset once data, priors and model are built (it covers the 0.8 GB "
+        "fit/validation copies of the matrix, model, optimizer state and activations).",
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('mem_gib')} GiB, Python {m.get('python')}, "
         f"torch {rows[0]['torch'] if rows else '?'}; shared with another engineer's runs: load average per row "
@@ -211,12 +213,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs per row (after one untimed epoch)")
     ap.add_argument("--before-src", default="/tmp/speed-before/src")
     ap.add_argument("--render", action="store_true", help="only rewrite speed.md from speed.json")
+    ap.add_argument("--store", default=str(RESULTS / "speed.json"), help="JSON file the rows go to")
+    ap.add_argument("--merge", nargs="*", default=[], help="other stores whose rows replace/extend this one's")
     args = ap.parse_args()
     if args.row:
         print(json.dumps(run_row(args.row, int(args.threads), args.epochs)))
         return
-    store_path = RESULTS / "speed.json"
+    store_path = Path(args.store)
     store = json.loads(store_path.read_text()) if store_path.exists() else {"rows": []}
+    for other in args.merge:  # rows measured by a concurrent invocation into another store
+        extra = json.loads(Path(other).read_text())["rows"]
+        keys = {(r["code"], r["kind"], r["threads"]) for r in extra}
+        store["rows"] = [r for r in store["rows"] if (r["code"], r["kind"], r["threads"]) not in keys] + extra
+    if args.merge:
+        store_path.write_text(json.dumps(store, indent=1))
     if not args.render:
         store["machine"] = machine_facts()
         for t in (int(s) for s in args.threads.split(",")):
