@@ -192,8 +192,13 @@ def render(store: dict) -> str:
                 continue
             w, c = min(r["epoch_wall_s"]), min(r["epoch_cpu_s"])
             b = by.get(("before", "pathwaynet", t))
+            a = by.get(("after", "pathwaynet", t))
             ratio = rss = ""
-            if b is not None and r is not b:
+            if kind == "peer":  # not a before/after pair: how much slower PathwayNet (after) is than the MLP
+                if a is not None:
+                    ratio = (f"PathwayNet after takes {min(a['epoch_wall_s']) / w:.1f}x / "
+                             f"{min(a['epoch_cpu_s']) / c:.1f}x the peer's time")
+            elif b is not None and r is not b:
                 ratio = f"{min(b['epoch_wall_s']) / w:.2f}x / {min(b['epoch_cpu_s']) / c:.2f}x"
                 rss = f"{r['peak_rss_mib'] / b['peak_rss_mib']:.2f}"
             name = "PathwayNet" if kind == "pathwaynet" else "peer: plain MLP, same params"
