@@ -302,6 +302,9 @@ def main() -> int:
                     run_genexflow(cohort, cfg, y, splits, args.deep_repeats, log, args.gx_repeats)
     every = [r for f in sorted(RESULTS.glob("defaults*.json")) for r in json.loads(f.read_text())]
     text = render(every)
+    notes = RESULTS / "defaults_summary.md"  # the hand-written reading of the tables, kept across re-renders
+    if notes.is_file():
+        text += "\n" + notes.read_text()
     text += (f"\nMachine: {platform.machine()}, {os.cpu_count()} cores (shared), torch threads 1, "
              "OMP_NUM_THREADS=1.\n")
     Path(args.out).write_text(text)
