@@ -138,6 +138,28 @@ def test_production_dockerfiles_lint_and_default_to_public_bases():
             assert "ARG BASE_IMAGE=python:3.11.7-slim-bookworm" in text and "FROM ${BASE_IMAGE}" in text
 
 
+def test_the_image_holds_this_checkout_of_genexflow(built):
+    """Every module of the package in the image is byte-identical to this checkout's: a cached build step
+    must not keep an earlier build's genexflow (buildah keyed a RUN --mount=from=build install on its text
+    alone, so the image kept old code after a change; the wheel is now COPYed, keyed on its content)."""
+    import hashlib
+
+    import genexflow
+
+    host_root = Path(genexflow.__file__).parent
+    host = {str(p.relative_to(host_root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(host_root.rglob("*.py"))}
+    probe = ("import genexflow, hashlib, json, pathlib; r = pathlib.Path(genexflow.__file__).parent; "
+             "print(json.dumps({str(p.relative_to(r)): hashlib.sha256(p.read_bytes()).hexdigest() "
+             "for p in r.rglob('*.py')}))")
+    with Container(images.COMPONENT_CPU) as ctr:
+        proc = ctr.run(["python", "-c", probe])
+    assert proc.returncode == 0, proc.stderr
+    image = json.loads(proc.stdout)
+    stale = sorted(f for f, digest in host.items() if image.get(f) != digest)
+    assert len(host) > 50 and not stale, f"{len(stale)} modules differ from this checkout, e.g. {stale[:5]}"
+
+
 def test_torch_in_the_image_is_the_hosts_cpu_wheel(built):
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     rel = lib.relative_to(Path(torch.__file__).parents[1])

@@ -62,9 +62,12 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 genexflow \
     && useradd --system --uid 10001 --gid genexflow --create-home --home-dir /home/genexflow genexflow
 COPY --from=build --chown=root:root /opt/venv /opt/venv
-# genexflow itself on top of the unchanged dependency layer (its wheel is mounted from the build stage).
-RUN --mount=type=bind,from=build,source=/wheels,target=/tmp/wheels \
-    pip install --no-cache-dir --no-deps --no-index /tmp/wheels/genexflow-*.whl \
+# genexflow itself on top of the unchanged dependency layer. The wheel is COPYed, not bind-mounted: a COPY's
+# cache key is the copied content, while buildah keys a RUN --mount=from=build step on its text alone, so a
+# code change kept the previous build's genexflow in the image (tests/test_infra_images.py caught it).
+COPY --from=build /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir --no-deps --no-index /tmp/wheels/genexflow-*.whl \
+    && rm -rf /tmp/wheels \
     && python -c "import genexflow, genexflow.components, genexflow.serving"
 WORKDIR /home/genexflow
 USER 10001:10001
