@@ -57,7 +57,10 @@ def test_score_on_a_truncated_parquet_says_so(art, tmp_path, capsys):
 
 
 def test_ctrl_c_in_score_says_how_to_resume(art, tmp_path):
-    co = toy_cohort(art.info, 2000)
+    # enough chunks that the interrupt lands mid-run: 2,000 samples in 20-row chunks took 1.2 s once the
+    # model got faster, and the run could finish before the signal arrived
+    n = 20000
+    co = toy_cohort(art.info, n)
     co.write(tmp_path / "cohort")
     before = digest(tmp_path / "cohort" / "expression.parquet")
     out = tmp_path / "pred.parquet"
@@ -78,5 +81,5 @@ def test_ctrl_c_in_score_says_how_to_resume(art, tmp_path):
     # and the rerun does resume: it finishes with every sample once
     res = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "resumed from an earlier run" in " ".join(res.stderr.split()), res.stderr
-    assert pq.read_metadata(out).num_rows == 2000
+    assert pq.read_metadata(out).num_rows == n
     assert digest(tmp_path / "cohort" / "expression.parquet") == before
