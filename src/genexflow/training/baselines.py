@@ -40,11 +40,15 @@ ALL_REGRESSION = ("ridge", "elasticnet", "hist_gb", "random_forest", "pathway_ri
 _CS = np.logspace(-3, 1, 5)
 
 
+def inner_folds(y: np.ndarray) -> int:
+    """Stratified inner folds a label vector allows: 3, or fewer when its rarest class has fewer rows."""
+    return int(min(3, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+
+
 def _inner_cv(y: np.ndarray, seed: int, task: str):
     if task != "classification":
         return 3
-    k = int(min(3, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
-    return StratifiedKFold(max(k, 2), shuffle=True, random_state=seed)
+    return StratifiedKFold(max(inner_folds(y), 2), shuffle=True, random_state=seed)
 
 
 def make_baseline(name: str, task: str, seed: int = 0, gene_sets: Mapping[str, Sequence[str]] | None = None,

@@ -44,6 +44,7 @@ from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold
 from torch.nn import functional as F
 
+from genexflow.training.baselines import inner_folds
 from genexflow.training.wide import glm_logits
 
 #: L2 penalties (on the sum of squared factors and linear weights, beside the mean loss) tried.
@@ -227,7 +228,7 @@ def fit_pathway_start(X: np.ndarray, y: np.ndarray, offset: np.ndarray, membersh
 
 def _splits(y: np.ndarray, task: str, seed: int):
     if task == "classification":
-        k = int(min(3, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+        k = inner_folds(y)
         if k >= 2:
             return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     return list(KFold(3, shuffle=True, random_state=seed).split(np.zeros(len(y))))
